@@ -1,0 +1,29 @@
+"""MM-Diffusion: joint audio-video generation as a diffusers pipeline.
+
+Importing the package is cheap: the public classes are loaded on first use, so ComfyUI can
+import this folder (under any name) without paying for torch/diffusers until a node runs.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY_ATTRIBUTES = {
+    "CoupledUNet": ".models.coupled_unet",
+    "CoupledUNetOutput": ".models.coupled_unet",
+}
+
+__all__ = sorted(_LAZY_ATTRIBUTES)
+
+
+def __getattr__(name):
+    module_name = _LAZY_ATTRIBUTES.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
