@@ -45,7 +45,11 @@ def test_different_seeds_give_different_clips():
     [
         ({}, (16, 3, 64, 64), (1, 25600)),
         (SMALL, (16, 3, 32, 32), (1, 12800)),
-        (dict(num_frames=8, frame_rate=5, height=16, width=24, sample_rate=4000, num_samples=1000), (8, 3, 16, 24), (1, 1000)),
+        (
+            dict(num_frames=8, frame_rate=5, height=16, width=24, sample_rate=4000, num_samples=1000),
+            (8, 3, 16, 24),
+            (1, 1000),
+        ),
     ],
 )
 def test_shapes_and_ranges(options, expected_video, expected_audio):
@@ -57,8 +61,8 @@ def test_shapes_and_ranges(options, expected_video, expected_audio):
     num_frames, _, height, width = video.shape
     half_side = info["size"] * min(height, width) / 2
     # The whole square stays inside the frame in every frame.
-    assert torch.all(info["y"] * height - half_side >= -1e-9) and torch.all(info["y"] * height + half_side <= height + 1e-9)
-    assert torch.all(info["x"] * width - half_side >= -1e-9) and torch.all(info["x"] * width + half_side <= width + 1e-9)
+    for centre, extent in ((info["y"] * height, height), (info["x"] * width, width)):
+        assert torch.all(centre - half_side >= -1e-9) and torch.all(centre + half_side <= extent + 1e-9)
     assert info["y"].shape == info["x"].shape == (num_frames,)
 
 
@@ -159,7 +163,7 @@ def test_dataset_items_are_model_space_renders():
         (lambda: square_height_from_video(torch.zeros(16, 64, 64, 3)), r"\[frames, 3, height, width\]"),
         (lambda: square_height_from_video(torch.full((2, 3, 8, 8), -1.0)), "0..1"),
         (lambda: square_height_from_audio(torch.zeros(1, 1, 10), 8000, 4, 10), "audio"),
-        (lambda: alignment_scores(torch.zeros(2, 4, 3, 8, 8), torch.zeros(3, 1, 100), 8000, 10), "same number of clips"),
+        (lambda: alignment_scores(torch.zeros(2, 4, 3, 8, 8), torch.zeros(3, 1, 100), 8000, 10), "same number"),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_message(call, message):

@@ -191,7 +191,10 @@ def _pearson(a, b):
 def _split_clips(name, value, expected_ndim):
     if isinstance(value, (torch.Tensor, np.ndarray)):
         if value.ndim != expected_ndim + 1:
-            raise ValueError(f"`{name}` must be a batch tensor with {expected_ndim + 1} dimensions or a list of clips, got shape {list(value.shape)}.")
+            raise ValueError(
+                f"`{name}` must be a batch with {expected_ndim + 1} dimensions or a list of clips, "
+                f"got shape {list(value.shape)}."
+            )
         return list(value)
     if isinstance(value, (list, tuple)):
         return list(value)
@@ -232,7 +235,10 @@ def alignment_scores(videos, audios, sample_rate, frame_rate):
     if not video_clips:
         raise ValueError("`videos` must contain at least one clip, got none.")
     if len(video_clips) != len(audio_clips):
-        raise ValueError(f"`videos` and `audios` must hold the same number of clips, got {len(video_clips)} and {len(audio_clips)}.")
+        raise ValueError(
+            f"`videos` and `audios` must hold the same number of clips, "
+            f"got {len(video_clips)} and {len(audio_clips)}."
+        )
 
     video_heights, audio_heights, tonal_shares = [], [], []
     for video, audio in zip(video_clips, audio_clips):

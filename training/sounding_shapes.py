@@ -169,7 +169,8 @@ def render_sounding_shape(
     size_position = (size_fraction - SIZE_RANGE[0]) / (SIZE_RANGE[1] - SIZE_RANGE[0])
     amplitude = amplitude_low + (amplitude_high - amplitude_low) * size_position
     fade_length = max(1, round(_FADE_SECONDS * sample_rate))
-    envelope = np.minimum(1.0, np.minimum(np.arange(num_samples) + 1, num_samples - np.arange(num_samples)) / fade_length)
+    samples_from_edge = np.minimum(np.arange(1, num_samples + 1), np.arange(num_samples, 0, -1))
+    envelope = np.minimum(1.0, samples_from_edge / fade_length)
     audio = amplitude * envelope * np.sin(phase)
 
     info = {
