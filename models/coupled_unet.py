@@ -276,7 +276,8 @@ class CoupledUNet(ModelMixin, ConfigMixin):
                 f"audio_length {audio_length} must be divisible by {4 ** (levels - 1)} to downsample "
                 f"{levels - 1} times by 4"
             )
-        for factor in cross_factors + [2 ** (levels - 1)]:
+        # The middle block's cross-attention (windows 1, 4, 8 only) runs at the deepest level.
+        for factor in cross_factors + ([2 ** (levels - 1)] if windows == [1, 4, 8] else []):
             level = factor.bit_length() - 1
             if factor in cross_factors and level >= levels:
                 raise ValueError(f"cross-attention downsample factor {factor} exceeds the {levels} levels")
