@@ -1,0 +1,3 @@
+from .scheduling_mm_dpmsolver import MMDiffusionDPMSolverScheduler
+
+__all__ = ["MMDiffusionDPMSolverScheduler"]
