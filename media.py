@@ -116,7 +116,11 @@ def _as_tensor(array: Any, name: str, kind: str) -> torch.Tensor:
     if isinstance(array, torch.Tensor):
         return array.detach().cpu()
     if isinstance(array, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(array))
+        array = np.ascontiguousarray(array)
+        if array.dtype.kind not in "fiub":
+            raise TypeError(f"`{name}` has dtype {array.dtype}; expected a numeric array of {kind}.")
+        # torch warns on read-only arrays (e.g. from np.broadcast_to): hand it a copy instead.
+        return torch.from_numpy(array if array.flags.writeable else array.copy())
     raise TypeError(
         f"`{name}` must be a file path, a numpy array or a torch tensor of {kind}; got {type(array).__name__}."
     )
@@ -221,9 +225,7 @@ class _MediaFile:
 
     def __init__(self, path: PathLike, kind: str):
         if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(
-                f"`{kind}` must be a file path, a numpy array or a torch tensor; got {type(path).__name__}."
-            )
+            raise TypeError(f"`path` must be a file path (str or os.PathLike); got {type(path).__name__}.")
         self.path = os.fspath(path)
         self.label = f"{kind} file {self.path!r}"
         if not os.path.exists(self.path):
@@ -642,6 +644,7 @@ def _to_float_frames(video: torch.Tensor, size: Optional[Tuple[int, int]]) -> to
 
 def _load_video(source, *, frame_rate, target_frame_rate, num_frames, height, width, offset) -> _Fitted:
     target_frame_rate = _check_positive_rate(target_frame_rate, "target_frame_rate", allow_none=True)
+    target_frame_rate = float(target_frame_rate) if target_frame_rate is not None else None
     num_frames = _check_positive_int(num_frames, "num_frames", allow_none=True)
     height = _check_positive_int(height, "height", allow_none=True)
     width = _check_positive_int(width, "width", allow_none=True)
@@ -804,6 +807,10 @@ def read_clip(
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a file path; got {type(path).__name__}.")
     start = _check_offset(start, "start")
+    num_frames = _check_positive_int(num_frames, "num_frames")
+    num_samples = _check_positive_int(num_samples, "num_samples")
+    frame_rate = float(_check_positive_rate(frame_rate, "frame_rate"))
+    sample_rate = _check_sample_rate(sample_rate, "sample_rate")
     audio = _load_audio(
         path,
         sample_rate=None,
@@ -892,7 +899,8 @@ def export_to_video(
             f"`path` {path!r} must end in one of {', '.join(VIDEO_EXPORT_SUFFIXES)} (H.264 video with AAC audio)."
         )
     frame_rate = _check_positive_rate(frame_rate, "frame_rate")
-    rate = frame_rate if isinstance(frame_rate, Fraction) else Fraction(frame_rate).limit_denominator(100_000)
+    exact = isinstance(frame_rate, (int, Fraction))
+    rate = Fraction(frame_rate) if exact else Fraction(float(frame_rate)).limit_denominator(100_000)
     images = _frames_to_uint8(frames, "frames")
     waveform = None
     if audio is not None:

@@ -1,6 +1,6 @@
-import os
 import warnings
 import wave
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -114,7 +114,7 @@ def test_audio_errors(tmp_path, av_file):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         media.load_audio(tmp_path / "missing.wav", target_sample_rate=16000, num_channels=1, num_samples=10)
     corrupt = tmp_path / "corrupt.wav"
-    corrupt.write_bytes(os.urandom(2000))
+    corrupt.write_bytes(b"this is not audio " * 100)
     with pytest.raises(media.CorruptMediaError, match="corrupt.wav"):
         media.load_audio(corrupt, target_sample_rate=16000, num_channels=1, num_samples=10)
     empty = tmp_path / "empty.wav"
@@ -176,6 +176,14 @@ def test_export_accepts_channels_first_torch_and_pil_frames(tmp_path):
         assert (info["num_frames"], info["width"], info["height"], info["has_audio"]) == (count, 48, 32, False)
     decoded = media.load_video(path, target_frame_rate=None, num_frames=None, height=None, width=None)
     assert (decoded - frames).abs().max() < 0.05
+
+
+def test_export_keeps_fractional_frame_rates_exactly(tmp_path):
+    for frame_rate, expected in ((Fraction(30000, 1001), Fraction(30000, 1001)), (29.97, Fraction(2997, 100))):
+        path = media.export_to_video(numbered_frames(4, 16, 16), tmp_path / "ntsc.mp4", frame_rate, force=True)
+        with av.open(str(path)) as container:
+            assert container.streams.video[0].average_rate == expected
+            assert container.duration / av.time_base == pytest.approx(4 / expected, abs=1e-4)
 
 
 def test_odd_frame_size_is_padded_to_even(tmp_path):
