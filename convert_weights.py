@@ -488,7 +488,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def convert(args: argparse.Namespace, log=print) -> Path:
     if args.checkpoint is None:
         raise ConversionError("nothing to convert: give --checkpoint")
-    check_can_write(args.output, args.force)
+    check_can_write(args.output, args.force, expect_dir=True)
     state_dict = load_state_dict(args.checkpoint)
     _require_kind(state_dict, args.checkpoint, "coupled")
     flags = resolve_coupled_flags(args, state_dict, log)
