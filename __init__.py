@@ -1,0 +1,21 @@
+"""MM-Diffusion (CVPR 2023) as a library: diffusers models and pipelines."""
+
+import importlib
+
+# Public names → the submodule defining them; imported on first access so `import mmdiffusion` stays light.
+# diffusers resolves model_index.json entries such as ["mmdiffusion", "SuperResolutionUNet"] through getattr.
+_LAZY_EXPORTS = {
+    "SuperResolutionUNet": ".models.sr_unet",
+    "SuperResolutionUNetOutput": ".models.sr_unet",
+    "MMDiffusionSRPipeline": ".pipelines.mm_diffusion.pipeline_mm_diffusion_sr",
+    "MMDiffusionSRPipelineOutput": ".pipelines.mm_diffusion.pipeline_output",
+    "MMDiffusionPipelineOutput": ".pipelines.mm_diffusion.pipeline_output",
+}
+
+__all__ = sorted(_LAZY_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _LAZY_EXPORTS:
+        return getattr(importlib.import_module(_LAZY_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,1 @@
+from .sr_unet import SuperResolutionUNet, SuperResolutionUNetOutput

@@ -1,0 +1,2 @@
+from .pipeline_mm_diffusion_sr import MMDiffusionSRPipeline
+from .pipeline_output import MMDiffusionPipelineOutput, MMDiffusionSRPipelineOutput
