@@ -10,9 +10,14 @@ _LAZY_EXPORTS = {
     "MMDiffusionSRPipeline": ".pipelines.mm_diffusion.pipeline_mm_diffusion_sr",
     "MMDiffusionSRPipelineOutput": ".pipelines.mm_diffusion.pipeline_output",
     "MMDiffusionPipelineOutput": ".pipelines.mm_diffusion.pipeline_output",
+    # diffusers picks a component's load method by looking these base classes up in the library that
+    # model_index.json names, so ["mmdiffusion", ...] entries need them here.
+    "ModelMixin": "diffusers",
+    "SchedulerMixin": "diffusers",
+    "DiffusionPipeline": "diffusers",
 }
 
-__all__ = sorted(_LAZY_EXPORTS)
+__all__ = sorted(name for name, module in _LAZY_EXPORTS.items() if module.startswith("."))
 
 
 def __getattr__(name):
