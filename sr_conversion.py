@@ -170,7 +170,9 @@ def infer_sr_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> d
     """
     for key in ("time_embed.0.weight", "input_blocks.0.0.weight", "out.2.weight"):
         if key not in state_dict:
-            raise ValueError(f"state dict lacks {key!r}: it is not an official MM-Diffusion super-resolution checkpoint.")
+            raise ValueError(
+                f"state dict lacks {key!r}: it is not an official MM-Diffusion super-resolution checkpoint."
+            )
     model_channels = state_dict["time_embed.0.weight"].shape[1]
     in_channels = state_dict["input_blocks.0.0.weight"].shape[1] // 2
     out_channels = state_dict["out.2.weight"].shape[0]

@@ -11,7 +11,9 @@ from mmdiffusion import MMDiffusionSRPipeline, SuperResolutionUNet
 from mmdiffusion.sr_conversion import convert_official_sr_state_dict, infer_sr_config_from_state_dict
 
 FIXTURES = Path(
-    os.environ.get("MMDIFFUSION_FIXTURES", Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "official")
+    os.environ.get(
+        "MMDIFFUSION_FIXTURES", Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "official"
+    )
 )
 
 
@@ -201,7 +203,11 @@ def test_chunking_does_not_change_the_result():
     video = torch.rand(2, 3, 8, 8, 3)
     whole = pipe(video, num_inference_steps=2, generator=torch.Generator().manual_seed(1), output_type="latent")
     chunked = pipe(
-        video, num_inference_steps=2, generator=torch.Generator().manual_seed(1), frames_per_batch=2, output_type="latent"
+        video,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(1),
+        frames_per_batch=2,  # 6 frames in 3 chunks
+        output_type="latent",
     )
     torch.testing.assert_close(chunked.frames, whole.frames, atol=1e-5, rtol=0)
 
@@ -218,6 +224,9 @@ def test_output_types_and_input_forms():
     np.testing.assert_allclose(as_pt.permute(0, 1, 3, 4, 2).numpy(), as_np, atol=1e-6)
     latent = pipe(frames, num_inference_steps=1, generator=generator(), output_type="latent").frames
     torch.testing.assert_close(((latent + 1) / 2).clamp(0, 1), as_pt)
+    channel_first = torch.from_numpy(frames).permute(0, 3, 1, 2)[None]  # [B, F, 3, H, W], the "pt" layout
+    from_pt = pipe(channel_first, num_inference_steps=1, generator=generator(), output_type="latent").frames
+    torch.testing.assert_close(from_pt, latent)
 
     images = [PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in frames]
     as_pil = pipe([images, images], num_inference_steps=1, generator=generator(), output_type="pil").frames

@@ -2,7 +2,7 @@
 
 import inspect
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import PIL.Image
@@ -57,20 +57,29 @@ def _pil_videos_to_tensor(videos: List[List[PIL.Image.Image]]) -> torch.Tensor:
 
 def _array_to_tensor(frames: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
     is_torch = isinstance(frames, torch.Tensor)
-    tensor = frames.detach().cpu() if is_torch else torch.from_numpy(np.ascontiguousarray(frames))
+    if is_torch:
+        supported = frames.dtype == torch.uint8 or frames.is_floating_point()
+    else:
+        supported = frames.dtype == np.uint8 or frames.dtype.kind == "f"
+    if not supported:
+        raise TypeError(f"frames must hold floats in [0, 1] or uint8, got dtype {frames.dtype}.")
+    tensor = frames.detach().cpu() if is_torch else torch.from_numpy(np.array(frames))
     if tensor.ndim == 4:
         tensor = tensor[None]
     if tensor.ndim != 5:
         raise ValueError(
-            f"frames must be [B, F, H, W, 3] or [F, H, W, 3] (torch also [B, F, 3, H, W]), got shape {tuple(frames.shape)}."
+            "frames must be [B, F, H, W, 3] or [F, H, W, 3] (torch also [B, F, 3, H, W]), "
+            f"got shape {tuple(frames.shape)}."
         )
+    if tensor.numel() == 0:
+        raise ValueError(f"frames must hold at least one frame, got shape {tuple(frames.shape)}.")
     if is_torch and tensor.shape[-1] != 3 and tensor.shape[-3] == 3:
         tensor = tensor.permute(0, 1, 3, 4, 2)  # channel-first torch video, the "pt" convention
     if tensor.shape[-1] != 3:
         raise ValueError(f"frames must have 3 (RGB) channels in the last dimension, got shape {tuple(frames.shape)}.")
     if tensor.dtype == torch.uint8:
         tensor = tensor.float() / 255.0
-    elif tensor.is_floating_point():
+    else:
         tensor = tensor.float()
         low, high = tensor.min().item(), tensor.max().item()
         if low < -1e-3 or high > 1 + 1e-3:
@@ -78,8 +87,6 @@ def _array_to_tensor(frames: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
                 f"frames must be floats in [0, 1], got values in [{low:.3g}, {high:.3g}] (model-space [-1, 1] frames "
                 "convert with (x + 1) / 2)."
             )
-    else:
-        raise TypeError(f"frames must hold floats in [0, 1] or uint8, got dtype {tensor.dtype}.")
     return tensor.permute(0, 1, 4, 2, 3).clamp(0.0, 1.0)
 
 
@@ -124,8 +131,6 @@ class MMDiffusionSRPipeline(DiffusionPipeline):
                 "frames must be a numpy array or torch tensor [B, F, H, W, 3], a list of PIL images (one video) or a "
                 f"list of lists of PIL images, got {type(frames).__name__}."
             )
-        if video.shape[0] == 0 or video.shape[1] == 0:
-            raise ValueError(f"frames must hold at least one frame, got shape {tuple(video.shape)}.")
 
         size = self.sr_unet.config.low_res_size
         height, width = video.shape[-2:]
@@ -133,7 +138,7 @@ class MMDiffusionSRPipeline(DiffusionPipeline):
             warnings.warn(
                 f"frames are {height}x{width} but this super-resolution model takes {size}x{size}: resizing them"
                 + (" (the aspect ratio changes)." if height != width else "."),
-                stacklevel=3,
+                stacklevel=4,  # the caller of __call__ (past torch.no_grad's wrapper)
             )
             batch, num_frames = video.shape[:2]
             shrinking = height >= size and width >= size
@@ -149,7 +154,8 @@ class MMDiffusionSRPipeline(DiffusionPipeline):
         if latents is None:
             if isinstance(generator, list) and len(generator) != batch:
                 raise ValueError(f"generator is a list of {len(generator)}, expected one per video ({batch}).")
-            latents = randn_tensor(per_video if shared_noise else per_frame, generator=generator, device=device, dtype=dtype)
+            shape = per_video if shared_noise else per_frame
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif tuple(latents.shape) not in (per_video, per_frame):
             raise ValueError(
                 f"latents must be {list(per_video)} (one noise per video) or {list(per_frame)} (one per frame), "
