@@ -202,14 +202,22 @@ def test_chunking_does_not_change_the_result():
     pipe = tiny_pipeline()
     video = torch.rand(2, 3, 8, 8, 3)
     whole = pipe(video, num_inference_steps=2, generator=torch.Generator().manual_seed(1), output_type="latent")
+    seen = []
+
+    def record(pipeline, step, timestep, callback_kwargs):
+        seen.append((step, tuple(callback_kwargs["latents"].shape)))
+        return callback_kwargs
+
     chunked = pipe(
         video,
         num_inference_steps=2,
         generator=torch.Generator().manual_seed(1),
         frames_per_batch=2,  # 6 frames in 3 chunks
         output_type="latent",
+        callback_on_step_end=record,
     )
     torch.testing.assert_close(chunked.frames, whole.frames, atol=1e-5, rtol=0)
+    assert seen == [(step, (2, 3, 16, 16)) for _ in range(3) for step in range(2)]
 
 
 def test_output_types_and_input_forms():

@@ -112,7 +112,9 @@ class MMDiffusionSRPipeline(DiffusionPipeline):
         sr_scheduler: Optional[SchedulerMixin] = None,
     ):
         super().__init__()
-        register_package_modules(self, sr_unet=sr_unet, sr_scheduler=sr_scheduler or official_ddim_scheduler())
+        if sr_scheduler is None:
+            sr_scheduler = official_ddim_scheduler()
+        register_package_modules(self, sr_unet=sr_unet, sr_scheduler=sr_scheduler)
 
     def _prepare_low_res(self, frames: FramesInput) -> torch.Tensor:
         """Frames in any accepted form → `[B, F, 3, s, s]` in [0, 1] at the model's low-resolution size."""
@@ -204,7 +206,8 @@ class MMDiffusionSRPipeline(DiffusionPipeline):
                 frames) or `[B, F, 3, H, W]` (one per frame), at the model's `sample_size`.
             shared_noise (`bool`): draw one noise image per video for all its frames (the official behaviour,
                 which keeps the frames consistent) rather than one per frame.
-            frames_per_batch (`int`): frames denoised together; bounds memory, does not change the result.
+            frames_per_batch (`int`): frames denoised together; bounds memory without changing the result (up to
+                float rounding, with a deterministic scheduler such as DDIM).
             output_type (`str`): "np" `[B, F, H, W, 3]` float 0..1, "pt" `[B, F, 3, H, W]` float 0..1, "pil" a
                 list of lists of images, or "latent" the raw model-space `[B, F, 3, H, W]` (not clipped).
             return_dict (`bool`): return a [`MMDiffusionSRPipelineOutput`] rather than a tuple.
