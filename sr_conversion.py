@@ -127,15 +127,20 @@ def convert_official_sr_state_dict(
                 f"the official SR checkpoint lacks {official_key!r} (needed for {new_key!r}): it does not match the "
                 "given configuration."
             )
+        source = state_dict[official_key]
         cache_key = (official_key, id(transform))
-        if cache_key not in cache:
-            cache[cache_key] = transform(state_dict[official_key])
-        tensor = cache[cache_key][part]
-        if tuple(tensor.shape) != tuple(expected[new_key].shape):
+        try:
+            if cache_key not in cache:
+                cache[cache_key] = transform(source)
+            shape = tuple(cache[cache_key][part].shape)
+        except RuntimeError:  # e.g. a fused qkv that cannot be split into the configured heads
+            shape = None
+        if shape != tuple(expected[new_key].shape):
             raise ValueError(
-                f"official key {official_key!r} has shape {tuple(state_dict[official_key].shape)}, which does not give "
-                f"{new_key!r} its expected shape {tuple(expected[new_key].shape)} (got {tuple(tensor.shape)})."
+                f"official key {official_key!r} has shape {tuple(source.shape)}, which does not give {new_key!r} "
+                f"its expected shape {tuple(expected[new_key].shape)}."
             )
+        tensor = cache[cache_key][part]
         converted[new_key] = tensor.clone()
         used.add(official_key)
 
