@@ -8,9 +8,21 @@ import importlib
 
 __version__ = "0.1.0"
 
+# Public name -> the submodule that defines it.
 _LAZY_ATTRIBUTES = {
     "CoupledUNet": ".models.coupled_unet",
     "CoupledUNetOutput": ".models.coupled_unet",
+    "SuperResolutionUNet": ".models.sr_unet",
+    "SuperResolutionUNetOutput": ".models.sr_unet",
+    "MMDiffusionDPMSolverScheduler": ".schedulers.scheduling_mm_dpmsolver",
+    "MMDiffusionPipeline": ".pipelines.mm_diffusion.pipeline_mm_diffusion",
+    "MMDiffusionSRPipeline": ".pipelines.mm_diffusion.pipeline_mm_diffusion_sr",
+    "MMDiffusionPipelineOutput": ".pipelines.mm_diffusion.pipeline_output",
+    "MMDiffusionSRPipelineOutput": ".pipelines.mm_diffusion.pipeline_output",
+    "export_to_video": ".media",
+    "export_to_wav": ".media",
+    "load_audio": ".media",
+    "load_video": ".media",
 }
 
 __all__ = sorted(_LAZY_ATTRIBUTES)

@@ -1,0 +1,1 @@
+from .mm_diffusion import MMDiffusionPipeline, MMDiffusionPipelineOutput, MMDiffusionSRPipeline, MMDiffusionSRPipelineOutput

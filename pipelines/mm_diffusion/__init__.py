@@ -1,0 +1,3 @@
+from .pipeline_mm_diffusion import MMDiffusionPipeline
+from .pipeline_mm_diffusion_sr import MMDiffusionSRPipeline
+from .pipeline_output import MMDiffusionPipelineOutput, MMDiffusionSRPipelineOutput
