@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmdiffusion import MMDiffusionSRPipeline, SuperResolutionUNet
-from mmdiffusion.sr_conversion import convert_official_sr_state_dict, infer_sr_config_from_state_dict
+from mmdiffusion.convert_weights import convert_official_sr_state_dict, infer_sr_config_from_state_dict
 
 FIXTURES = Path(
     os.environ.get(

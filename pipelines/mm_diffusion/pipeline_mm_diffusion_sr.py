@@ -15,7 +15,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ...models.sr_unet import SuperResolutionUNet
 from .pipeline_output import MMDiffusionSRPipelineOutput
-from .registration import register_package_modules
+from .pipeline_loading import OwnComponentsMixin
 
 FramesInput = Union[np.ndarray, torch.Tensor, List[PIL.Image.Image], List[List[PIL.Image.Image]]]
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
@@ -90,7 +90,7 @@ def _array_to_tensor(frames: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
     return tensor.permute(0, 1, 4, 2, 3).clamp(0.0, 1.0)
 
 
-class MMDiffusionSRPipeline(DiffusionPipeline):
+class MMDiffusionSRPipeline(OwnComponentsMixin, DiffusionPipeline):
     r"""
     Upscales videos frame by frame with MM-Diffusion's super-resolution U-Net (64→256 for the released models),
     sampling every frame from one noise image per video by default, as the official sampler does.
@@ -102,7 +102,6 @@ class MMDiffusionSRPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "sr_unet"
-    # Listed so that from_pretrained loads it as a component although __init__ gives it a default.
     _optional_components = ["sr_scheduler"]
     _callback_tensor_inputs = ["latents"]
 
@@ -114,7 +113,7 @@ class MMDiffusionSRPipeline(DiffusionPipeline):
         super().__init__()
         if sr_scheduler is None:
             sr_scheduler = official_ddim_scheduler()
-        register_package_modules(self, sr_unet=sr_unet, sr_scheduler=sr_scheduler)
+        self.register_modules(sr_unet=sr_unet, sr_scheduler=sr_scheduler)
 
     def _prepare_low_res(self, frames: FramesInput) -> torch.Tensor:
         """Frames in any accepted form → `[B, F, 3, s, s]` in [0, 1] at the model's low-resolution size."""
