@@ -50,3 +50,26 @@ def coupled_a_unet(converted_coupled_a):
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.manual_seed(0)
+
+# The SR fixture's flags (fixture README); --sr_channel_mult is this project's extension.
+SR_A_FLAGS = (
+    "--large_size 32 --small_size 8 --sr_num_channels 32 --sr_num_res_blocks 2 --sr_attention_resolutions 2,4 "
+    "--sr_num_heads 4 --sr_learn_sigma True --sr_use_scale_shift_norm True --sr_resblock_updown True "
+    "--sr_channel_mult 1,2,4"
+).split()
+
+
+@pytest.fixture(scope="session")
+def sr_a_io():
+    from safetensors.torch import load_file
+
+    return load_file(str(fixture_path("sr_a_io.safetensors")))
+
+
+@pytest.fixture(scope="session")
+def converted_sr_a(tmp_path_factory):
+    from mmdiffusion.convert_weights import main
+
+    out = tmp_path_factory.mktemp("converted") / "sr_a"
+    assert main(["--sr-checkpoint", str(fixture_path("sr_a.pt")), "-o", str(out), *SR_A_FLAGS]) == 0
+    return out

@@ -9,7 +9,7 @@ import torch
 
 from mmdiffusion.convert_weights import main as convert_main
 
-from .conftest import COUPLED_A_FLAGS, REPO_ROOT, fixture_path
+from .conftest import COUPLED_A_FLAGS, REPO_ROOT, SR_A_FLAGS, fixture_path
 
 
 def _convert(*args):
@@ -156,3 +156,65 @@ def test_package_imports_under_another_folder_name(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+# --- super-resolution checkpoints ---------------------------------------------------------------------
+
+
+def test_sr_conversion_matches_the_official_model(converted_sr_a, sr_a_io):
+    from mmdiffusion import MMDiffusionSRPipeline
+
+    pipeline = MMDiffusionSRPipeline.from_pretrained(converted_sr_a)
+    assert sorted(p.name for p in (converted_sr_a / "sr_unet").iterdir()) == [
+        "config.json", "diffusion_pytorch_model.safetensors"
+    ]
+    with torch.no_grad():
+        out = pipeline.sr_unet(sr_a_io["x"], sr_a_io["timesteps"], sr_a_io["low_res"]).sample
+    assert out.shape == sr_a_io["out"].shape
+    assert (out - sr_a_io["out"]).abs().max() <= 1e-4
+
+
+def test_sr_ddim_reference_through_the_converted_pipeline(converted_sr_a, sr_a_io):
+    from mmdiffusion import MMDiffusionSRPipeline
+
+    pipeline = MMDiffusionSRPipeline.from_pretrained(converted_sr_a)
+    pipeline.set_progress_bar_config(disable=True)
+    frames = ((sr_a_io["ddim5_low_res"] + 1) / 2)[:, None]  # [1, 1, 3, 8, 8] in 0..1
+    out = pipeline(frames, num_inference_steps=5, latents=sr_a_io["ddim5_noise"], output_type="latent").frames
+    assert (out[:, 0] - sr_a_io["ddim5_out"]).abs().max() <= 1e-3
+
+
+def test_sr_flags_are_inferred_where_the_weights_show_them(tmp_path, sr_a_io):
+    """Without --sr_channel_mult the multipliers come from the weights (the official table has no 32)."""
+    from mmdiffusion import MMDiffusionSRPipeline
+
+    flags = "--large_size 32 --small_size 8 --sr_num_heads 4".split()
+    assert _convert("--sr-checkpoint", fixture_path("sr_a.pt"), "-o", tmp_path / "out", *flags) == 0
+    unet = MMDiffusionSRPipeline.from_pretrained(tmp_path / "out").sr_unet
+    with torch.no_grad():
+        out = unet(sr_a_io["x"], sr_a_io["timesteps"], sr_a_io["low_res"]).sample
+    assert (out - sr_a_io["out"]).abs().max() <= 1e-4
+
+
+def test_both_checkpoints_make_one_pipeline(tmp_path):
+    from mmdiffusion import MMDiffusionPipeline
+
+    out = tmp_path / "both"
+    assert _convert("--checkpoint", fixture_path("coupled_a.pt"), "--sr-checkpoint", fixture_path("sr_a.pt"),
+                    "-o", out, *COUPLED_A_FLAGS, *SR_A_FLAGS) == 0
+    assert {p.name for p in out.iterdir()} == {"model_index.json", "unet", "scheduler", "sr_unet", "sr_scheduler"}
+    pipeline = MMDiffusionPipeline.from_pretrained(out)
+    pipeline.set_progress_bar_config(disable=True)
+    result = pipeline(num_inference_steps=2, sr_num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert result.frames.shape == (1, 8, 32, 32, 3)  # upscaled to the SR model size (input resized 16 -> 8)
+
+
+def test_coupled_checkpoint_given_as_sr(capsys, tmp_path):
+    _expect_error(capsys, tmp_path / "out", "--sr-checkpoint", fixture_path("coupled_a.pt"), *SR_A_FLAGS,
+                  match="is a coupled checkpoint, expected a super-resolution")
+
+
+def test_sr_flags_that_contradict_the_weights(capsys, tmp_path):
+    flags = list(SR_A_FLAGS)
+    flags[flags.index("--sr_num_channels") + 1] = "64"
+    _expect_error(capsys, tmp_path / "out", "--sr-checkpoint", fixture_path("sr_a.pt"), *flags, match="shape")
