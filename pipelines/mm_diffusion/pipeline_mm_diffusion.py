@@ -1,5 +1,6 @@
 """MMDiffusionPipeline: joint audio-video generation with MM-Diffusion's coupled U-Net."""
 
+import contextlib
 import inspect
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -10,6 +11,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
+from ... import media
 from ...models.coupled_unet import CoupledUNet
 from ...models.sr_unet import SuperResolutionUNet
 from .pipeline_loading import OwnComponentsMixin
@@ -17,6 +19,8 @@ from .pipeline_mm_diffusion_sr import MMDiffusionSRPipeline
 from .pipeline_output import MMDiffusionPipelineOutput
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+CONDITION_METHODS = ("replacement", "guidance")
+GUIDANCE_COEFFICIENTS = ("official", "paper")
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -46,6 +50,25 @@ def step_kwargs(scheduler: SchedulerMixin, generator) -> Dict[str, Any]:
 
 def learns_variance(scheduler: SchedulerMixin) -> bool:
     return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+
+
+def noise_levels(scheduler: SchedulerMixin, num_inference_steps: int, device) -> torch.Tensor:
+    """`[steps + 1, 2]`: the (alpha, sigma) with which a sample ``alpha * x0 + sigma * noise`` enters the model
+    at each step, in the scheduler's own latent scale, then (1, 0) for the clean end. Read from the scheduler
+    itself: `sample_alphas`/`sample_sigmas` where it keeps them (the exact DPM-Solver), else its `add_noise`."""
+    scheduler = type(scheduler).from_config(scheduler.config)
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    if getattr(scheduler, "sample_alphas", None) is not None:
+        levels = torch.stack([scheduler.sample_alphas, scheduler.sample_sigmas], dim=1)[: len(scheduler.timesteps)]
+    else:
+        one, zero = torch.ones(1, device=device), torch.zeros(1, device=device)
+        levels = torch.stack(
+            [
+                torch.cat([scheduler.add_noise(one, zero, t[None]), scheduler.add_noise(zero, one, t[None])])
+                for t in scheduler.timesteps
+            ]
+        )
+    return torch.cat([levels.float().cpu(), torch.tensor([[1.0, 0.0]])])
 
 
 class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
@@ -159,6 +182,16 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
         super_resolution: Optional[bool] = None,
         sr_num_inference_steps: int = 25,
         sr_shared_noise: bool = True,
+        audio: Union[None, str, np.ndarray, torch.Tensor, list] = None,
+        video: Union[None, str, np.ndarray, torch.Tensor, list] = None,
+        sample_rate: Optional[int] = None,
+        frame_rate: Optional[float] = None,
+        audio_offset: float = 0.0,
+        video_offset: float = 0.0,
+        condition_method: str = "replacement",
+        guidance_scale: float = 3.0,
+        guidance_coefficient: str = "official",
+        condition_noise: str = "fixed",
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[[DiffusionPipeline, int, int, Dict], Dict]] = None,
@@ -183,6 +216,28 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
                 pipeline has one. `True` without one is an error.
             sr_num_inference_steps (`int`, defaults to 25): Steps of the SR stage.
             sr_shared_noise (`bool`, defaults to `True`): One SR noise for all frames of a video (official).
+            audio (path, array, tensor or list, *optional*): Zero-shot audio-to-video: generate the video for this
+                soundtrack (a file path - wav, flac, mp3, or a video file's audio track - or an array `[T]`/`[C, T]`
+                with `sample_rate`; a list gives one per sample). It is mixed to the model's channels, resampled to
+                its rate and cropped (from `audio_offset` seconds) or padded to its length, with a warning saying so.
+            video (path, array, tensor, PIL list or list, *optional*): Zero-shot video-to-audio: generate the
+                soundtrack for these frames (a file path, `[F, H, W, 3]` or `[B, F, H, W, 3]` uint8 or float 0..1, or
+                a list of PIL images, with `frame_rate` for arrays). It is resampled in time to the model's frame rate,
+                resized and center-cropped to its size, and cropped (from `video_offset`) or padded to its length.
+            sample_rate (`int`, *optional*): Sample rate of an `audio` array.
+            frame_rate (`float`, *optional*): Frame rate of a `video` array or image list.
+            audio_offset (`float`), video_offset (`float`): Where (seconds) to start cropping a longer input.
+            condition_method (`str`, defaults to `"replacement"`): How the given modality steers the other (paper
+                section 3.4): `"replacement"` feeds the model the given modality diffused to the current noise level
+                at every step; `"guidance"` also moves the generated modality along the gradient of the mismatch
+                between the model's one-step prediction of the given modality and the given modality diffused to the
+                next noise level (scale `guidance_scale`, the paper's lambda).
+            guidance_scale (`float`, defaults to 3.0): lambda of `"guidance"` (the official scripts use 3).
+            guidance_coefficient (`str`, defaults to `"official"`): The noise-level factor of the guidance step:
+                `"official"` scales by sqrt(alpha_bar_t) as the official implementation does; `"paper"` by
+                sqrt(1 - alpha_bar_t) as the paper's formula writes it.
+            condition_noise (`str`, defaults to `"fixed"`): `"fixed"` diffuses the given modality with one noise drawn
+                once (the official behaviour); `"fresh"` draws a new noise at every step.
             output_type (`str`, defaults to `"np"`): `"np"`, `"pt"`, `"pil"` or `"latent"` (see
                 [`MMDiffusionPipelineOutput`]).
             return_dict (`bool`, defaults to `True`): Return a [`MMDiffusionPipelineOutput`] instead of a tuple.
@@ -195,6 +250,14 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
         """
         if window_shift is None:
             window_shift = False
+        self.check_conditioning(audio, video, condition_method, guidance_scale, guidance_coefficient, condition_noise)
+        audio_condition = self.prepare_audio_condition(audio, sample_rate, audio_offset)
+        video_condition = self.prepare_video_condition(video, frame_rate, video_offset)
+        condition = audio_condition if audio_condition is not None else video_condition
+        if condition is not None:
+            if condition.shape[0] not in (1, batch_size) and batch_size != 1:
+                raise ValueError(f"got {condition.shape[0]} conditioning clips for a batch of {batch_size}")
+            batch_size = max(batch_size, condition.shape[0])
         self.check_inputs(
             batch_size, num_inference_steps, generator, video_latents, audio_latents, output_type,
             super_resolution, callback_on_step_end_tensor_inputs,
@@ -219,22 +282,64 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
         video_step_kwargs = step_kwargs(video_scheduler, generator)
         audio_step_kwargs = step_kwargs(audio_scheduler, generator)
 
+        conditioned = None
+        if condition is not None:
+            conditioned = "audio" if audio_condition is not None else "video"
+            condition = condition.to(device=device, dtype=dtype).expand(batch_size, *condition.shape[1:])
+            levels = noise_levels(self.scheduler, num_inference_steps, device).to(device)
+            condition_noise_tensor = randn_tensor(condition.shape, generator=generator, device=device, dtype=dtype)
+
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 shifts = self.window_shifts(window_shift, batch_size, generator, device)
-                prediction = self.unet(
-                    video_scheduler.scale_model_input(video_latents, t),
-                    audio_scheduler.scale_model_input(audio_latents, t),
-                    t,
-                    window_shift=shifts,
-                )
+                if conditioned is not None:
+                    if condition_noise == "fresh" and i > 0:
+                        condition_noise_tensor = randn_tensor(
+                            condition.shape, generator=generator, device=device, dtype=dtype
+                        )
+                    alpha, sigma = levels[i]
+                    noised = alpha * condition + sigma * condition_noise_tensor
+                    if conditioned == "audio":
+                        audio_latents = noised
+                    else:
+                        video_latents = noised
+
+                guided = conditioned is not None and condition_method == "guidance" and i < len(timesteps) - 1
+                with torch.enable_grad() if guided else contextlib.nullcontext():
+                    if guided:
+                        target = video_latents if conditioned == "audio" else audio_latents
+                        target = target.detach().requires_grad_(True)
+                        if conditioned == "audio":
+                            video_latents = target
+                        else:
+                            audio_latents = target
+                    prediction = self.unet(
+                        video_scheduler.scale_model_input(video_latents, t),
+                        audio_scheduler.scale_model_input(audio_latents, t),
+                        t,
+                        window_shift=shifts,
+                    )
+                    if guided:
+                        gradient = self.guidance_gradient(
+                            prediction, conditioned, condition, condition_noise_tensor, video_latents, audio_latents,
+                            levels[i], levels[i + 1], target,
+                        )
+                        video_latents, audio_latents = video_latents.detach(), audio_latents.detach()
+                        prediction = type(prediction)(video=prediction.video.detach(), audio=prediction.audio.detach())
+
                 video_latents = self.denoise_step(
                     video_scheduler, prediction.video, t, video_latents, video_step_kwargs, channel_axis=2
                 )
                 audio_latents = self.denoise_step(
                     audio_scheduler, prediction.audio, t, audio_latents, audio_step_kwargs, channel_axis=1
                 )
+                if guided:
+                    coefficient = self.guidance_step_size(levels[i], levels[i + 1], guidance_coefficient)
+                    if conditioned == "audio":
+                        video_latents = video_latents - guidance_scale * coefficient * gradient
+                    else:
+                        audio_latents = audio_latents - guidance_scale * coefficient * gradient
 
                 if callback_on_step_end is not None:
                     local_tensors = {"video_latents": video_latents, "audio_latents": audio_latents}
@@ -243,6 +348,13 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
                     video_latents = callback_outputs.get("video_latents", video_latents)
                     audio_latents = callback_outputs.get("audio_latents", audio_latents)
                 progress_bar.update()
+
+        # The given modality comes out as it was processed, not as re-generated.
+        if conditioned == "audio":
+            audio_latents = condition
+        elif conditioned == "video":
+            video_latents = condition
+            run_super_resolution = False
 
         if output_type == "latent":
             frames, audio = video_latents, audio_latents
@@ -261,6 +373,95 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
         return MMDiffusionPipelineOutput(
             frames=frames, audio=audio, frame_rate=self.config.frame_rate, sample_rate=self.config.sample_rate
         )
+
+    def check_conditioning(self, audio, video, condition_method, guidance_scale, guidance_coefficient, condition_noise):
+        if audio is not None and video is not None:
+            raise ValueError("give audio= (audio-to-video) or video= (video-to-audio), not both")
+        if condition_method not in CONDITION_METHODS:
+            raise ValueError(f"condition_method must be one of {', '.join(CONDITION_METHODS)}, got {condition_method!r}")
+        if guidance_coefficient not in GUIDANCE_COEFFICIENTS:
+            raise ValueError(
+                f"guidance_coefficient must be one of {', '.join(GUIDANCE_COEFFICIENTS)}, got {guidance_coefficient!r}"
+            )
+        if condition_noise not in ("fixed", "fresh"):
+            raise ValueError(f"condition_noise must be 'fixed' or 'fresh', got {condition_noise!r}")
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+
+    def prepare_audio_condition(self, audio, sample_rate, offset) -> Optional[torch.Tensor]:
+        """Given audio (one clip or a list) in model space `[B, C, T]`."""
+        if audio is None:
+            return None
+        clips = audio if isinstance(audio, list) else [audio]
+        channels, length = self.audio_shape
+        return torch.stack(
+            [
+                media.load_audio(
+                    clip, sample_rate=sample_rate, target_sample_rate=self.config.sample_rate,
+                    num_channels=channels, num_samples=length, offset=offset,
+                )
+                for clip in clips
+            ]
+        )
+
+    def prepare_video_condition(self, video, frame_rate, offset) -> Optional[torch.Tensor]:
+        """Given frames (one clip, a batch `[B, F, H, W, 3]` or a list of clips) in model space `[B, F, C, H, W]`."""
+        if video is None:
+            return None
+        if isinstance(video, (np.ndarray, torch.Tensor)) and video.ndim == 5:
+            clips = list(video)
+        elif isinstance(video, list) and video and not hasattr(video[0], "getpixel"):
+            clips = video  # a list of clips rather than a list of PIL frames
+        else:
+            clips = [video]
+        frames, channels, height, width = self.video_shape
+        if channels != 3:
+            raise ValueError(f"video conditioning needs a 3-channel video model, this one has {channels} channels")
+        processed = [
+            media.load_video(
+                clip, frame_rate=frame_rate, target_frame_rate=self.config.frame_rate, num_frames=frames,
+                height=height, width=width, offset=offset,
+            )
+            for clip in clips
+        ]
+        return torch.stack(processed) * 2 - 1
+
+    def guidance_gradient(
+        self, prediction, conditioned, condition, noise, video_latents, audio_latents, level, next_level, target
+    ) -> torch.Tensor:
+        """Gradient, with respect to the generated modality's latents, of the squared mismatch between the model's
+        one-step prediction of the given modality and the given modality diffused to the next noise level.
+
+        Everything is measured in variance-preserving units (latents divided by sqrt(alpha^2 + sigma^2)), so that
+        the same guidance scale means the same thing for DDPM-style and sigma-space (Euler) schedulers. The step is
+        the deterministic DDIM one for every scheduler; the loss sums per-sample means, so the guidance of a
+        sample does not depend on the batch size."""
+        if conditioned == "audio":
+            latents, eps = audio_latents, prediction.audio
+            channels = latents.shape[1]
+            eps = eps[:, :channels]
+        else:
+            latents, eps = video_latents, prediction.video
+            channels = latents.shape[2]
+            eps = eps[:, :, :channels]
+        alpha, sigma = level
+        next_alpha, next_sigma = next_level
+        scale, next_scale = torch.hypot(alpha, sigma), torch.hypot(next_alpha, next_sigma)
+        alpha, sigma, next_alpha, next_sigma = alpha / scale, sigma / scale, next_alpha / next_scale, next_sigma / next_scale
+        predicted_x0 = (latents / scale - sigma * eps) / alpha
+        predicted_next = next_alpha * predicted_x0 + next_sigma * eps
+        target_next = next_alpha * condition + next_sigma * noise
+        loss = (predicted_next.float() - target_next.float()).square().flatten(1).mean(1).sum()
+        return torch.autograd.grad(loss, target)[0].detach()
+
+    @staticmethod
+    def guidance_step_size(level, next_level, guidance_coefficient) -> torch.Tensor:
+        """The noise-level factor of the guidance step (sqrt(alpha_bar_t) officially, sqrt(1 - alpha_bar_t) in the
+        paper), times the latent scales that turn a variance-preserving gradient into one in the scheduler's units."""
+        scale, next_scale = torch.hypot(*level), torch.hypot(*next_level)
+        alpha_bar = (level[0] / scale) ** 2
+        factor = alpha_bar.sqrt() if guidance_coefficient == "official" else (1 - alpha_bar).sqrt()
+        return factor * scale * next_scale
 
     def super_resolve(self, video, num_inference_steps, generator, shared_noise):
         """Upscale model-space video `[B, F, C, H, W]` with the SR stage; returns model space at the SR size."""
