@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import torchaudio.functional
 from PIL import Image
 
-from .file_utils import atomic_path
+from .file_utils import atomic_path, check_can_write
 
 
 PathLike = Union[str, os.PathLike]
@@ -860,16 +860,44 @@ def _frames_to_uint8(frames: Any, name: str) -> np.ndarray:
     return video.permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def _is_pipeline_output(value: Any) -> bool:
+    return all(hasattr(value, name) for name in ("frames", "audio", "frame_rate", "sample_rate"))
+
+
+def sample_paths(path: PathLike, count: int) -> List[str]:
+    """One file per sample: `path` itself for one, `name_000.ext`, `name_001.ext`, ... for a batch."""
+    path = os.fspath(path)
+    if count == 1:
+        return [path]
+    stem, suffix = os.path.splitext(path)
+    return [f"{stem}_{index:03d}{suffix}" for index in range(count)]
+
+
+def _export_pipeline_output(output, path: PathLike, writer, force: bool) -> List[str]:
+    """Write every sample of an `MMDiffusionPipelineOutput` ("np", "pt" or "pil"), refusing before writing any file
+    if one of them exists (without `force`)."""
+    if isinstance(output.frames, torch.Tensor) and output.frames.ndim == 5 and output.frames.shape[2] > 4:
+        raise ValueError("this is a 'latent' output; generate with output_type 'np', 'pt' or 'pil' to export it")
+    paths = sample_paths(path, len(output.frames))
+    for target in paths:
+        check_can_write(target, force)
+    return [writer(output.frames[i], output.audio[i], target) for i, target in enumerate(paths)]
+
+
 def export_to_video(
-    frames: Union[ArrayLike, Sequence[Image.Image]],
+    frames: Union[ArrayLike, Sequence[Image.Image], Any],
     path: PathLike,
-    frame_rate: float,
+    frame_rate: Optional[float] = None,
     audio: Optional[ArrayLike] = None,
     sample_rate: Optional[int] = None,
     *,
     force: bool = False,
-) -> str:
+) -> Union[str, List[str]]:
     """Write frames (and optionally their sound) as an H.264 video with AAC audio; return the path.
+
+    Given a pipeline output (`MMDiffusionPipelineOutput`) instead of frames, writes each sample with its sound at
+    the output's rates: `path` for a single sample, `name_000.mp4`, `name_001.mp4`, ... for a batch, and returns
+    the list of paths.
 
     Args:
         frames: one video as numpy / torch `[F, H, W, 3]` (the pipelines' "np" output, float in
@@ -892,6 +920,17 @@ def export_to_video(
         FileExistsError: `path` exists and `force` is False.
         ValueError, TypeError: bad frames, audio, rates or suffix.
     """
+    if _is_pipeline_output(frames):
+        output = frames
+
+        def write_one(sample_frames, sample_audio, target):
+            return export_to_video(
+                sample_frames, target, output.frame_rate, sample_audio, output.sample_rate, force=force
+            )
+
+        return _export_pipeline_output(output, path, write_one, force)
+    if frame_rate is None:
+        raise ValueError("`frame_rate` is required when exporting frames; pass the video's fps.")
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in VIDEO_EXPORT_SUFFIXES:
@@ -956,12 +995,26 @@ def export_to_video(
     return path
 
 
-def export_to_wav(audio: ArrayLike, path: PathLike, sample_rate: int, *, force: bool = False) -> str:
+def export_to_wav(
+    audio: Union[ArrayLike, Any], path: PathLike, sample_rate: Optional[int] = None, *, force: bool = False
+) -> Union[str, List[str]]:
     """Write `[C, T]` or `[T]` audio (float in [-1, 1], clipped) as a 16-bit PCM wav; return the path.
+
+    Given a pipeline output instead, writes each sample's soundtrack (one file, or `name_000.wav`, ... for a
+    batch) and returns the list of paths.
 
     Any positive sample rate is allowed. Written atomically; refuses to overwrite an existing file
     unless `force`.
     """
+    if _is_pipeline_output(audio):
+        output = audio
+
+        def write_one(sample_frames, sample_audio, target):
+            return export_to_wav(sample_audio, target, output.sample_rate, force=force)
+
+        return _export_pipeline_output(output, path, write_one, force)
+    if sample_rate is None:
+        raise ValueError("`sample_rate` is required when exporting audio; pass its rate in Hz.")
     path = os.fspath(path)
     sample_rate = _check_sample_rate(sample_rate, "sample_rate")
     waveform = _audio_array_to_tensor(audio, "audio").clamp(-1, 1)

@@ -9,7 +9,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from mmdiffusion import CoupledUNet, MMDiffusionDPMSolverScheduler, MMDiffusionPipeline
+from mmdiffusion import CoupledUNet, MMDiffusionDPMSolverScheduler, MMDiffusionPipeline, export_to_video
+from mmdiffusion.schedulers import make_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +22,7 @@ def pipe(converted_coupled_a):
 
 def official_ddim(config):
     """DDIM as the official `ddimN` respacing runs it: leading spacing, x0 clipped, alpha_prev 1 at the end."""
-    return DDIMScheduler.from_config(
-        config, clip_sample=True, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading"
-    )
+    return make_scheduler("ddim", config)
 
 
 def test_converted_folder_is_a_complete_pipeline(pipe, converted_coupled_a):
@@ -154,3 +153,18 @@ def test_bad_arguments(pipe):
         pipe(video_latents=torch.zeros(1, 8, 3, 8, 8))
     with pytest.raises(ValueError, match="batch_size"):
         pipe(batch_size=0)
+
+
+def test_export_writes_one_mp4_per_sample(pipe, tmp_path):
+    import av
+
+    out = pipe(batch_size=2, num_inference_steps=2, generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+    paths = export_to_video(out, tmp_path / "clip.mp4")
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["clip_000.mp4", "clip_001.mp4"]
+    for path in paths:
+        with av.open(path) as container:
+            assert sum(1 for _ in container.decode(video=0)) == 8
+            assert container.streams.audio[0].rate == 16000
+            assert float(container.streams.video[0].average_rate) == 10
+    with pytest.raises(FileExistsError):
+        export_to_video(out, tmp_path / "clip.mp4")
