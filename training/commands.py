@@ -90,6 +90,7 @@ def _add_training_arguments(parser: argparse.ArgumentParser):
     source.add_argument("--shapes", type=int, metavar="N", help="train on N sounding-shapes clips instead")
     data.add_argument("--shapes-seed", type=int, default=0, help="seed of the first sounding-shapes clip")
     data.add_argument("--num-workers", type=int, default=0, help="DataLoader processes that decode the videos")
+    data.add_argument("--no-flip", action="store_true", help="do not mirror half of the --data clips left-right")
 
     run = parser.add_argument_group("training")
     run.add_argument("-o", "--output", type=Path, required=True,
@@ -255,6 +256,7 @@ def _coupled_dataset(args, unet, frame_rate, sample_rate):
     return VideoFolderDataset(
         args.data, num_frames=config.num_frames, frame_rate=frame_rate, height=height, width=width,
         sample_rate=sample_rate, num_samples=config.audio_length, num_channels=config.audio_channels,
+        random_flip=not args.no_flip,
     )
 
 
@@ -354,7 +356,8 @@ def train_sr_command(argv: Sequence[str]):
         clips = SoundingShapesDataset(args.shapes, args.shapes_seed, num_frames=1, frame_rate=args.frame_rate,
                                       height=size, width=size, num_samples=1)
     else:
-        clips = VideoFolderDataset(args.data, num_frames=1, frame_rate=args.frame_rate, height=size, width=size)
+        clips = VideoFolderDataset(args.data, num_frames=1, frame_rate=args.frame_rate, height=size, width=size,
+                                   random_flip=not args.no_flip)
     dataset = SuperResolutionFrames(clips, sr_unet.config.low_res_size, degrade=not args.no_degrade)
     _report(train(sr_unet, dataset, _training_options(args)))
 

@@ -161,9 +161,10 @@ def coupled_training_loss(
     audio_t = diffusion.add_noise(audio, audio_noise, timesteps)
     model = getattr(unet, "module", unet)  # DistributedDataParallel keeps the model's methods on .module
     shifts = model.draw_window_shifts(batch_size, device=video.device) if window_shift else None
-    output = unet(video_t, audio_t, timesteps, window_shift=shifts)
-    video_terms = diffusion.noise_prediction_loss(output.video, video, video_t, video_noise, timesteps, channel_dim=2)
-    audio_terms = diffusion.noise_prediction_loss(output.audio, audio, audio_t, audio_noise, timesteps, channel_dim=1)
+    # Tuples, not output dataclasses: accelerate's mixed-precision wrapper rebuilds outputs field by field.
+    video_output, audio_output = unet(video_t, audio_t, timesteps, window_shift=shifts, return_dict=False)
+    video_terms = diffusion.noise_prediction_loss(video_output, video, video_t, video_noise, timesteps, channel_dim=2)
+    audio_terms = diffusion.noise_prediction_loss(audio_output, audio, audio_t, audio_noise, timesteps, channel_dim=1)
     loss = (video_terms["loss"] + audio_terms["loss"]).mean()
     logs = {f"{name}_video": value.mean().item() for name, value in video_terms.items() if name != "loss"}
     logs.update({f"{name}_audio": value.mean().item() for name, value in audio_terms.items() if name != "loss"})
@@ -179,6 +180,6 @@ def sr_training_loss(
     timesteps = diffusion.sample_timesteps(high_res.shape[0], device=high_res.device)
     noise = torch.randn_like(high_res)
     noisy = diffusion.add_noise(high_res, noise, timesteps)
-    output = sr_unet(noisy, timesteps, low_res=low_res).sample
+    (output,) = sr_unet(noisy, timesteps, low_res=low_res, return_dict=False)
     terms = diffusion.noise_prediction_loss(output, high_res, noisy, noise, timesteps, channel_dim=1)
     return terms["loss"].mean(), {name: value.mean().item() for name, value in terms.items() if name != "loss"}

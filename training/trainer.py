@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Union
 
@@ -59,7 +59,7 @@ class TrainingOptions:
         learning_rate, weight_decay: AdamW's (official: 1e-4 and 0).
         gradient_accumulation_steps: micro-batches per optimizer step.
         mixed_precision: "no", "fp16" (GPU) or "bf16".
-        gradient_checkpointing: recompute activations in the backward pass (less memory, about a third slower).
+        gradient_checkpointing: recompute activations in the backward pass (less memory, more compute).
         ema_decay: the EMA's final decay (official: 0.9999).
         ema_warmup: ramp the decay as `1 - (1 + step / ema_inv_gamma) ** -ema_power` (diffusers' warm-up);
             without it, diffusers' `(1 + step) / (10 + step)`. Either is capped at `ema_decay`.
@@ -133,7 +133,6 @@ class TrainingResult:
     final_loss: Optional[float]
     seconds_per_step: Optional[float]
     resumed_from: Optional[Path] = None
-    history: list = field(default_factory=list)  # (step, loss) of every optimizer step of this run
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -183,14 +182,18 @@ def latest_checkpoint(output_dir: PathLike) -> Optional[Path]:
     return max(steps)[1] if steps else None
 
 
+def _training_state(checkpoint: Path) -> dict:
+    state_path = checkpoint / _STATE_FILE
+    if not state_path.is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a training checkpoint (no {_STATE_FILE})")
+    return json.loads(state_path.read_text())
+
+
 def checkpoint_info(checkpoint: PathLike) -> dict:
     """`{"step", "model" (the model, freshly initialised from the checkpoint's config), "frame_rate",
     "sample_rate"}` of a checkpoint folder; the rates are None for a super-resolution run."""
     checkpoint = Path(checkpoint)
-    state_path = checkpoint / _STATE_FILE
-    if not state_path.is_file():
-        raise FileNotFoundError(f"{checkpoint} is not a training checkpoint (no {_STATE_FILE})")
-    state = json.loads(state_path.read_text())
+    state = _training_state(checkpoint)
     model_class = {cls.__name__: cls for cls in (CoupledUNet, SuperResolutionUNet)}[state["model_class"]]
     config = model_class.load_config(checkpoint / _MODEL_CONFIG)
     return {
@@ -272,7 +275,7 @@ def train(
         a `TrainingResult`; the pipeline folder is `options.output_dir / "pipeline"`.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, is_tensorboard_available, set_seed
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
@@ -283,6 +286,8 @@ def train(
     if is_coupled and (frame_rate is None or sample_rate is None):
         raise ValueError("frame_rate and sample_rate of the data are required to train a CoupledUNet")
     _check_items(model, dataset)
+    if options.report_to == "tensorboard" and not is_tensorboard_available():
+        raise ValueError("report_to='tensorboard' needs the tensorboard package: pip install tensorboard")
 
     accelerator = Accelerator(
         gradient_accumulation_steps=options.gradient_accumulation_steps,
@@ -331,7 +336,7 @@ def train(
 
     global_step = 0
     if resume_from is not None:
-        global_step = checkpoint_info(resume_from)["step"]
+        global_step = _training_state(resume_from)["step"]
         accelerator.load_state(str(resume_from))
         ema.to(accelerator.device)  # the EMA's state loads onto the CPU
         accelerator.print(f"resumed from {resume_from} at step {global_step}")
@@ -375,7 +380,7 @@ def train(
     batches_to_skip = (global_step % updates_per_epoch) * options.gradient_accumulation_steps
     progress = tqdm(total=options.max_steps, initial=global_step, unit="step",
                     disable=not (options.progress_bar and accelerator.is_local_main_process))
-    history, final_loss, checkpoint = [], None, None
+    final_loss, checkpoint = None, None
     micro_losses = []
     started, start_step = time.perf_counter(), global_step
     while global_step < options.max_steps:
@@ -395,7 +400,6 @@ def train(
             global_step += 1
             final_loss = accelerator.reduce(torch.stack(micro_losses).mean(), reduction="mean").item()
             micro_losses = []
-            history.append((global_step, final_loss))
             progress.update(1)
             progress.set_postfix(loss=f"{final_loss:.4f}")
             accelerator.log({"loss": final_loss, "ema_decay": ema.cur_decay_value or 0.0, **terms}, step=global_step)
@@ -419,7 +423,6 @@ def train(
         final_loss=final_loss,
         seconds_per_step=elapsed / steps_run if steps_run else None,
         resumed_from=resume_from,
-        history=history,
     )
 
 
