@@ -169,6 +169,10 @@ def _load_init(model_class, folder: Path, subfolder: str, **overrides):
 
 
 def _report(result):
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
     speed = f", {result.seconds_per_step:.3f} s/step" if result.seconds_per_step else ""
     loss = f", last loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     print(f"step {result.global_step}{loss}{speed}; EMA pipeline in {result.pipeline_dir}")
