@@ -219,6 +219,15 @@ def test_folder_data_set_skips_unusable_files_with_one_warning_each(tmp_path):
     assert item["video"].shape == (4, 3, 16, 16) and item["audio"].shape == (1, 3200)
     assert item["video"].min() >= -1 and item["video"].max() <= 1 and item["audio"].abs().max() > 0.1
 
+    # Without sound (frames for super-resolution) silent files are kept.
+    with pytest.warns(UserWarning) as caught:
+        frames = VideoFolderDataset(tmp_path, num_frames=1, frame_rate=FRAME_RATE, height=16, width=16)
+    assert sorted(str(w.message).split(":")[0].rsplit("/", 1)[-1] for w in caught) == ["broken.mp4"]
+    assert sorted(path.name for path, _ in frames.files) == ["also_good.mkv", "good.mp4", "short.mp4", "silent.mp4"]
+    assert len(frames) >= 8 + 8 + 8 + 2  # an item per frame period (mkv durations may include audio padding)
+    pair = SuperResolutionFrames(frames, low_res_size=8)[25]
+    assert pair["high_res"].shape == (3, 16, 16) and pair["low_res"].shape == (3, 8, 8)
+
 
 def test_folder_data_set_fails_clearly_without_usable_clips(tmp_path):
     with pytest.raises(ValueError, match="no video files"):

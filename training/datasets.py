@@ -134,7 +134,10 @@ class VideoFolderDataset(Dataset):
             return "no video track", 0.0
         if self.audio_format is not None and not info["has_audio"]:
             return "no audio track", 0.0
+        # The picture's length: the container's can include the audio encoder's padding.
         duration = info["duration"]
+        if info["num_frames"] and info["frame_rate"]:
+            duration = info["num_frames"] / info["frame_rate"]
         if duration is None:
             return "its duration is unknown", 0.0
         # Allow half a frame of rounding in container durations.
