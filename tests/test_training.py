@@ -21,7 +21,8 @@ TINY = dict(num_frames=4, sample_size=16, audio_length=256, model_channels=32, c
 FRAME_RATE, SAMPLE_RATE = 10, 8000
 TINY_FLAGS = ("--shapes 4 --num-frames 4 --frame-size 16 --frame-rate 10 --sample-rate 8000 --audio-length 256 "
               "--model-channels 32 --channel-mult 1,2 --cross-attention-factors 2 --cross-attention-windows 1 "
-              "--video-attention-factors 2 --cross-attention-head-dim -1 --batch-size 2 --lr 1e-3 --no-progress").split()
+              "--video-attention-factors 2 --cross-attention-head-dim -1 --batch-size 2 --lr 1e-3 "
+              "--no-progress").split()
 
 
 def tiny_shapes(num_clips=4):

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 # The paper's coupled model (official training script flags), the default for training from scratch.
 COUPLED_ARCHITECTURE = dict(
@@ -21,6 +21,8 @@ COUPLED_ARCHITECTURE = dict(
     num_heads=4,
     cross_attention_head_dim=64,
     audio_channels=1,
+    audio_length=None,  # the frames' duration at the sample rate
+    learn_sigma=False,
 )
 
 # The released 64 -> 256 super-resolution model (official SR training flags).
@@ -33,6 +35,7 @@ SR_ARCHITECTURE = dict(
     attention_factors=[8, 16, 32],
     num_heads=4,
     num_head_channels=-1,
+    no_learn_sigma=False,
 )
 
 DEFAULT_FRAME_RATE = 10
@@ -108,7 +111,8 @@ def _add_training_arguments(parser: argparse.ArgumentParser):
                      help="use diffusers' (1+t)/(10+t) ramp instead of the 1-(1+t/gamma)^-power warm-up")
     run.add_argument("--ema-inv-gamma", type=float, default=1.0)
     run.add_argument("--ema-power", type=float, default=0.75)
-    run.add_argument("--checkpointing-steps", type=int, default=1000, help="checkpoint and write pipeline/ every N steps")
+    run.add_argument("--checkpointing-steps", type=int, default=1000,
+                     help="checkpoint and write pipeline/ every N steps")
     run.add_argument("--checkpoints-total-limit", type=int, default=None, help="keep only the newest N checkpoints")
     run.add_argument("--resume", action="store_true",
                      help="continue from the latest checkpoint in --output (its model; architecture flags ignored)")
@@ -200,12 +204,13 @@ def train_parser() -> argparse.ArgumentParser:
     model.add_argument("--channel-mult", type=_float_list)
     model.add_argument("--num-res-blocks", type=int)
     model.add_argument("--cross-attention-factors", type=_int_list, help="downsample factors with RS-MMA, e.g. 2,4,8")
-    model.add_argument("--cross-attention-windows", type=_int_list, help="RS-MMA window (frames) per factor, e.g. 1,4,8")
+    model.add_argument("--cross-attention-windows", type=_int_list,
+                       help="RS-MMA window (frames) per factor, e.g. 1,4,8")
     model.add_argument("--video-attention-factors", type=_int_list)
     model.add_argument("--audio-attention-factors", type=_int_list)
     model.add_argument("--num-heads", type=int)
     model.add_argument("--cross-attention-head-dim", type=int, help="-1: --num-heads heads")
-    model.add_argument("--learn-sigma", action="store_true", help="also learn the variance (hybrid loss)")
+    model.add_argument("--learn-sigma", action="store_true", default=None, help="also learn the variance (hybrid loss)")
     model.add_argument("--dropout", type=float, default=0.1, help="official training: 0.1")
     model.add_argument("--no-window-shift", action="store_true", help="train without the random RS-MMA window shift")
     return parser
@@ -217,7 +222,7 @@ def _coupled_unet(args, architecture: dict):
     frame_rate = args.frame_rate or DEFAULT_FRAME_RATE
     sample_rate = args.sample_rate or DEFAULT_SAMPLE_RATE
     num_frames = architecture["num_frames"]
-    audio_length = args.audio_length or round(num_frames / frame_rate * sample_rate)
+    audio_length = architecture["audio_length"] or round(num_frames / frame_rate * sample_rate)
     return CoupledUNet(
         num_frames=num_frames,
         sample_size=architecture["frame_size"],
@@ -232,7 +237,7 @@ def _coupled_unet(args, architecture: dict):
         audio_attention_downsample_factors=architecture["audio_attention_factors"],
         num_attention_heads=architecture["num_heads"],
         cross_attention_head_dim=architecture["cross_attention_head_dim"],
-        learn_sigma=args.learn_sigma,
+        learn_sigma=architecture["learn_sigma"],
         dropout=args.dropout,
     ), frame_rate, sample_rate
 
@@ -314,7 +319,7 @@ def train_sr_parser() -> argparse.ArgumentParser:
     model.add_argument("--attention-factors", type=_int_list, help="downsample factors with self-attention")
     model.add_argument("--num-heads", type=int)
     model.add_argument("--num-head-channels", type=int, help="-1: --num-heads heads")
-    model.add_argument("--no-learn-sigma", action="store_true", help="predict the noise only (plain MSE)")
+    model.add_argument("--no-learn-sigma", action="store_true", default=None, help="predict the noise only (plain MSE)")
     model.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--frame-rate", type=float, default=DEFAULT_FRAME_RATE,
                         help="rate at which frames are taken from the videos")
@@ -345,7 +350,7 @@ def train_sr_command(argv: Sequence[str]):
         sr_unet = SuperResolutionUNet(
             sample_size=architecture["sample_size"],
             low_res_size=architecture["low_res_size"],
-            out_channels=3 if args.no_learn_sigma else 6,
+            out_channels=3 if architecture["no_learn_sigma"] else 6,
             model_channels=architecture["model_channels"],
             channel_mult=architecture["channel_mult"],
             num_res_blocks=architecture["num_res_blocks"],

@@ -115,7 +115,8 @@ class GaussianDiffusion:
         min_log, max_log = at(self.posterior_log_variance_clipped), at(self.log_betas)
         fraction = (variance_values + 1.0) / 2.0
         model_log_variance = fraction * max_log + (1.0 - fraction) * min_log
-        predicted_start = at(self.sqrt_recip_alphas_cumprod) * x_t - at(self.sqrt_recipm1_alphas_cumprod) * noise_prediction
+        predicted_start = (at(self.sqrt_recip_alphas_cumprod) * x_t
+                           - at(self.sqrt_recipm1_alphas_cumprod) * noise_prediction)
         model_mean = at(self.posterior_mean_coef_start) * predicted_start + at(self.posterior_mean_coef_current) * x_t
         true_mean = at(self.posterior_mean_coef_start) * x_start + at(self.posterior_mean_coef_current) * x_t
         kl = _mean_per_sample(_normal_kl(true_mean, min_log, model_mean, model_log_variance)) / math.log(2.0)
