@@ -25,6 +25,15 @@ TINY_FLAGS = ("--shapes 4 --num-frames 4 --frame-size 16 --frame-rate 10 --sampl
               "--no-progress").split()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared CPU its spin-waiting costs a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_shapes(num_clips=4):
     return SoundingShapesDataset(num_clips, 0, num_frames=4, frame_rate=FRAME_RATE, height=16, width=16,
                                  sample_rate=SAMPLE_RATE, num_samples=256)
