@@ -65,17 +65,19 @@ class StepReporter:
     """A `callback_on_step_end` for the pipelines: advances ComfyUI's progress bar and stops at Stop."""
 
     def __init__(self, total: int):
-        self.total = total
-        self.steps_done = 0
         utils = comfy_module("comfy.utils")
         self._bar = utils.ProgressBar(total) if utils is not None else None
 
     def __call__(self, pipeline, step, timestep, callback_kwargs):
-        self.steps_done += 1
         if self._bar is not None:
             self._bar.update(1)
         check_interrupted()
         return {}
+
+
+class MMDiffusionModels(torch.nn.ModuleDict):
+    """A pipeline's models as one module for ComfyUI's ModelPatcher: they are loaded and offloaded together (and
+    ModelPatcher sets a `device` attribute, which diffusers models keep as a read-only property)."""
 
 
 class ManagedPipeline:
@@ -90,9 +92,7 @@ class ManagedPipeline:
         self._patcher = None
         model_patcher = comfy_module("comfy.model_patcher")
         if model_patcher is not None:
-            # One ModelPatcher for all the pipeline's models: they are loaded and offloaded together. A ModuleDict,
-            # because ModelPatcher sets a `device` attribute that diffusers models keep as a read-only property.
-            modules = torch.nn.ModuleDict(
+            modules = MMDiffusionModels(
                 {name: module for name, module in pipeline.components.items() if isinstance(module, torch.nn.Module)}
             )
             self._patcher = model_patcher.ModelPatcher(modules, load_device=device, offload_device=offload_device)

@@ -266,7 +266,12 @@ def _super_resolution_inputs():
     return {
         "super_resolution": (
             "BOOLEAN",
-            {"default": True, "tooltip": "Upscale the frames with the model's super-resolution stage."},
+            {
+                "default": True,
+                "label_on": "on",
+                "label_off": "off",
+                "tooltip": "Upscale the frames with the model's super-resolution stage.",
+            },
         ),
         "sr_steps": _steps_input(25, "the super-resolution stage"),
     }

@@ -11,19 +11,25 @@ Environment:
                             into a temporary models/mm_diffusion folder given through extra_model_paths.yaml).
                             Default: the model shipped in pretrained/.
     MMDIFFUSION_E2E_STEPS   steps of every sampling node and super-resolution stage (default 2: a smoke test).
+    CHROMIUM                a Chromium/Chrome binary for the frontend test (default: chromium on PATH; the test
+                            is skipped without one). It may reach 127.0.0.1 only: every other host is unresolvable
+                            and routed to a dead local proxy.
 
 The server gets everything it writes (output, input, temp, user folders; an in-memory database) in a temporary
 folder, loads this pack alone through a link in a temporary custom_nodes folder (extra_model_paths.yaml), and is
 stopped at the end. Every example workflow's API graph (example_workflows/api/) is posted to /prompt with the
 model and steps above; each must save an mp4 with the model's frame count and an audio track. A last run is
-interrupted (/interrupt) during its denoising steps and must end as interrupted.
+interrupted (/interrupt) during its denoising steps and must end as interrupted. The UI-format workflows are
+loaded into ComfyUI's own frontend in headless Chromium, whose graphToPrompt must give the API graphs.
 """
 
 import asyncio
+import base64
 import importlib.util
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -182,7 +188,9 @@ class ComfyServer:
             self.log.close()
 
     def log_tail(self, characters=6000) -> str:
-        return self.log_path.read_text(errors="replace")[-characters:]
+        """The end of the server's log (all of it for None)."""
+        text = self.log_path.read_text(errors="replace")
+        return text if characters is None else text[-characters:]
 
     def get(self, route: str):
         with urllib.request.urlopen(self.url + route, timeout=30) as response:
@@ -381,6 +389,19 @@ def test_example_workflow_saves_an_mp4_with_sound(comfy, name, sample_node, supe
         assert (frames, height, width) == (num_frames * batch, expected_height, expected_width)
 
 
+def test_comfyui_can_free_the_model_and_a_later_run_loads_it_again(comfy):
+    server, model, _ = comfy
+    graph = api_graph("mmdiffusion_video_to_audio", model, steps=1)
+    server.wait_for_history(server.queue(graph, str(uuid.uuid4())))
+    loads = server.log_tail(None).count("Requested to load MMDiffusionModels")
+    server.post("/free", {"unload_models": True, "free_memory": True})
+    time.sleep(2)  # the idle prompt worker wakes up and unloads the models
+    graph["4"]["inputs"]["seed"] = 1  # a new seed: the sampling node runs again, on the loader's cached output
+    entry = server.wait_for_history(server.queue(graph, str(uuid.uuid4())))
+    assert entry["status"]["status_str"] == "success", f"{entry['status']}\n{server.log_tail()}"
+    assert server.log_tail(None).count("Requested to load MMDiffusionModels") == loads + 1
+
+
 async def _interrupt_during_sampling(server: ComfyServer, graph: dict, node: str):
     client_id = str(uuid.uuid4())
     events = []
@@ -429,3 +450,100 @@ def test_interrupt_stops_sampling(comfy):
     assert not list((server.root / "output" / "video").glob("interrupted*"))
     print(f"\ninterrupted at step {interrupted_at[0]} of {interrupted_at[1]}; run ended "
           f"{time.monotonic() - began:.1f} s after queueing; steps after the interrupt: {late}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The frontend: what users load
+
+
+def declared_inputs(graph: dict, object_info: dict) -> dict:
+    """class_type and the inputs the nodes declare (the frontend also sends its own widgets, e.g. audioUI)."""
+    result = {}
+    for key, node in graph.items():
+        spec = object_info[node["class_type"]]["input"]
+        names = set(spec.get("required", {})) | set(spec.get("optional", {}))
+        result[key] = {
+            "class_type": node["class_type"],
+            "inputs": {name: value for name, value in node["inputs"].items() if name in names},
+        }
+    return result
+
+
+async def _frontend_prompts(server: ComfyServer, chromium: str, profile: Path, screenshots: Path) -> dict:
+    """{workflow name: the API graph ComfyUI's frontend makes of it}, from headless Chromium over CDP."""
+    debugging_port = free_port()
+    browser = subprocess.Popen(
+        [
+            chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=127.0.0.1",
+            "--remote-debugging-address=127.0.0.1", f"--remote-debugging-port={debugging_port}",
+            f"--user-data-dir={profile}", "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        targets = None
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{debugging_port}/json", timeout=5) as response:
+                    targets = json.loads(response.read())
+                break
+            except (urllib.error.URLError, ConnectionError):
+                await asyncio.sleep(0.5)
+        assert targets, "Chromium's DevTools endpoint did not answer"
+        page = next(target for target in targets if target["type"] == "page")
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as devtools:
+                counter = 0
+
+                async def call(method, **params):
+                    nonlocal counter
+                    counter += 1
+                    await devtools.send_json({"id": counter, "method": method, "params": params})
+                    while True:
+                        message = json.loads((await devtools.receive(timeout=120)).data)
+                        if message.get("id") == counter:
+                            assert "error" not in message, message
+                            return message["result"]
+
+                async def evaluate(expression):
+                    result = await call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+                    assert "exceptionDetails" not in result, result["exceptionDetails"]
+                    return result["result"].get("value")
+
+                await call("Emulation.setDeviceMetricsOverride", width=1700, height=1000, deviceScaleFactor=1, mobile=False)
+                await call("Page.navigate", url=server.url)
+                for _ in range(180):
+                    if await evaluate("!!(window.app && window.app.graph && window.app.graphToPrompt)"):
+                        break
+                    await asyncio.sleep(1)
+                else:
+                    pytest.fail("ComfyUI's frontend did not start in Chromium")
+                prompts = {}
+                for path in sorted(WORKFLOWS.glob("*.json")):
+                    prompts[path.stem] = json.loads(await evaluate(
+                        f"(async () => {{ await window.app.loadGraphData({path.read_text()}); "
+                        "return JSON.stringify((await window.app.graphToPrompt()).output); })()"
+                    ))
+                    await evaluate("document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click())")
+                    shot = await call("Page.captureScreenshot", format="png")
+                    (screenshots / f"{path.stem}.png").write_bytes(base64.b64decode(shot["data"]))
+                return prompts
+    finally:
+        browser.terminate()
+        browser.wait(timeout=30)
+
+
+def test_comfyui_frontend_turns_each_ui_workflow_into_its_api_graph(comfy, object_info, tmp_path):
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("google-chrome")
+    if not chromium:
+        pytest.skip("no Chromium to load the UI-format workflows into ComfyUI's frontend (set CHROMIUM)")
+    server, _, _ = comfy
+    prompts = asyncio.run(_frontend_prompts(server, chromium, tmp_path / "profile", tmp_path))
+    for path in sorted((WORKFLOWS / "api").glob("*.json")):
+        expected = json.loads(path.read_text())
+        assert declared_inputs(prompts[path.stem], object_info) == declared_inputs(expected, object_info), path.stem
+    print(f"\nthe frontend turned {sorted(prompts)} into their API graphs; screenshots in {tmp_path}")
