@@ -202,26 +202,29 @@ def _generate(handle, *, seed, steps, scheduler, batch_size, super_resolution=Fa
         total += _sr_steps_total(batch_size * pipeline.unet.config.num_frames, sr_steps)
     reporter = bridge.StepReporter(total)
     bridge.check_interrupted()
-    pipeline = handle.prepare()
-    sampler = make_scheduler(scheduler, pipeline.scheduler.config, pipeline.unet.config.learn_sigma)
-    original_scheduler = pipeline.scheduler
-    pipeline.scheduler = sampler  # the loader's pipeline is shared: given back below
-    try:
-        with bridge.autograd_allowed():
-            output = pipeline(
-                batch_size=batch_size,
-                num_inference_steps=steps,
-                generator=generators,
-                super_resolution=False,
-                output_type="pt",
-                callback_on_step_end=reporter,
-                **conditioning,
-            )
-            frames = output.frames
-            if super_resolution:
-                frames = _super_resolve(pipeline, frames, generators, sr_steps, reporter)
-    finally:
-        pipeline.scheduler = original_scheduler
+    loaded = handle.prepare()
+    # The loader's pipeline is shared by every node and cached by ComfyUI: sample with a copy that shares its
+    # models and steps with the chosen sampler, rather than changing it.
+    sampler = make_scheduler(scheduler, loaded.scheduler.config, loaded.unet.config.learn_sigma)
+    pipeline = type(loaded)(
+        **{**loaded.components, "scheduler": sampler},
+        frame_rate=loaded.config.frame_rate,
+        sample_rate=loaded.config.sample_rate,
+    )
+    pipeline.set_progress_bar_config(**getattr(loaded, "_progress_bar_config", {}))
+    with bridge.autograd_allowed():
+        output = pipeline(
+            batch_size=batch_size,
+            num_inference_steps=steps,
+            generator=generators,
+            super_resolution=False,
+            output_type="pt",
+            callback_on_step_end=reporter,
+            **conditioning,
+        )
+        frames = output.frames
+        if super_resolution:
+            frames = _super_resolve(pipeline, frames, generators, sr_steps, reporter)
     return frames, output.audio, output.frame_rate, output.sample_rate
 
 
@@ -290,7 +293,13 @@ def _condition_inputs():
         ),
         "guidance_scale": (
             "FLOAT",
-            {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Strength of guidance (unused by replacement)."},
+            {
+                "default": 3.0,
+                "min": 0.0,
+                "max": 100.0,
+                "step": 0.1,
+                "tooltip": "Strength of guidance (unused by replacement).",
+            },
         ),
     }
 
@@ -322,8 +331,9 @@ class MMDiffusionLoader:
                 "model": (
                     list_models(),
                     {
-                        "tooltip": f"A pipeline folder under models/{bridge.MODEL_FOLDER} (or a `{bridge.MODEL_FOLDER}:` "
-                        f"path in extra_model_paths.yaml); {DEFAULT_MODEL} is the model shipped with the pack."
+                        "tooltip": f"A pipeline folder under models/{bridge.MODEL_FOLDER} (or a "
+                        f"`{bridge.MODEL_FOLDER}:` path in extra_model_paths.yaml); {DEFAULT_MODEL} is the model "
+                        "shipped with the pack."
                     },
                 ),
                 "device": (
@@ -525,7 +535,10 @@ class MMDiffusionSuperResolution:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "pipeline": (PIPELINE_TYPE, {"tooltip": "A model with a super-resolution stage, from MM-Diffusion Loader."}),
+                "pipeline": (
+                    PIPELINE_TYPE,
+                    {"tooltip": "A model with a super-resolution stage, from MM-Diffusion Loader."},
+                ),
                 "images": ("IMAGE", {"tooltip": "The frames of one video [frames, height, width, 3]."}),
                 "seed": _seed_input(),
                 "steps": _steps_input(25, "the super-resolution stage"),

@@ -510,11 +510,15 @@ async def _frontend_prompts(server: ComfyServer, chromium: str, profile: Path, s
                             return message["result"]
 
                 async def evaluate(expression):
-                    result = await call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+                    result = await call(
+                        "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True
+                    )
                     assert "exceptionDetails" not in result, result["exceptionDetails"]
                     return result["result"].get("value")
 
-                await call("Emulation.setDeviceMetricsOverride", width=1700, height=1000, deviceScaleFactor=1, mobile=False)
+                await call(
+                    "Emulation.setDeviceMetricsOverride", width=1700, height=1000, deviceScaleFactor=1, mobile=False
+                )
                 await call("Page.navigate", url=server.url)
                 for _ in range(180):
                     if await evaluate("!!(window.app && window.app.graph && window.app.graphToPrompt)"):
@@ -529,6 +533,7 @@ async def _frontend_prompts(server: ComfyServer, chromium: str, profile: Path, s
                         "return JSON.stringify((await window.app.graphToPrompt()).output); })()"
                     ))
                     await evaluate("document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click())")
+                    await asyncio.sleep(1)  # the dialog's closing animation
                     shot = await call("Page.captureScreenshot", format="png")
                     (screenshots / f"{path.stem}.png").write_bytes(base64.b64decode(shot["data"]))
                 return prompts

@@ -100,7 +100,8 @@ def test_import_needs_no_comfyui_and_stays_light():
         "assert set(mappings) == set(mmdiffusion.NODE_DISPLAY_NAME_MAPPINGS)\n"
         "for cls in mappings.values():\n"
         "    cls.INPUT_TYPES()\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths', 'nodes'))\n"
+        "comfyui = ('comfy', 'comfy_api', 'folder_paths', 'nodes')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in comfyui)\n"
         "assert not loaded, loaded\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -244,10 +245,10 @@ def test_sample_with_super_resolution_matches_the_pipeline(joint_sr):
     torch.testing.assert_close(audio["waveform"], reference.audio, atol=1e-6, rtol=0)
 
 
-def test_sample_gives_the_loaders_scheduler_back(joint):
-    scheduler = joint.pipeline.scheduler
+def test_sample_leaves_the_loaders_pipeline_unchanged(joint):
+    scheduler, config = joint.pipeline.scheduler, dict(joint.pipeline.config)
     sample(joint, scheduler="euler")
-    assert joint.pipeline.scheduler is scheduler
+    assert joint.pipeline.scheduler is scheduler and dict(joint.pipeline.config) == config
 
 
 def test_audio_to_video_fits_stereo_44k_audio_with_a_warning(joint):
