@@ -151,14 +151,31 @@ def _generate(argv: Sequence[str]) -> int:
 # ----------------------------------------------------------------------------------------------------
 # dispatch
 
+def _training_command(name: str) -> Callable[[Sequence[str]], int]:
+    def run(argv: Sequence[str]) -> int:
+        from .training import commands
+
+        return getattr(commands, name)(argv)
+
+    return run
+
+
 COMMANDS: Dict[str, Callable[[Sequence[str]], int]] = {
     "generate": _generate,
     "convert": _convert,
+    "train": _training_command("train_main"),
+    "train-sr": _training_command("train_sr_main"),
+    "make-shapes": _training_command("make_shapes_main"),
+    "evaluate-alignment": _training_command("evaluate_alignment_main"),
 }
 
 SUMMARIES = {
     "generate": "generate video with sound (or audio for a video, video for an audio) as mp4 + wav",
     "convert": "official .pt checkpoints -> diffusers folder of safetensors",
+    "train": "train or fine-tune the audio-video model (accelerate; EMA pipeline folder)",
+    "train-sr": "train or fine-tune the frame super-resolution model",
+    "make-shapes": "write sounding-shapes clips as mp4 with sound (toy training data)",
+    "evaluate-alignment": "sound/picture alignment of sounding-shapes clips (that data set only)",
 }
 
 USAGE = "usage: mmdiffusion <command> [options]\n\ncommands:\n" + "\n".join(
