@@ -1,7 +1,9 @@
 """MM-Diffusion: joint audio-video generation as a diffusers pipeline.
 
 Importing the package is cheap: the public classes are loaded on first use, so ComfyUI can
-import this folder (under any name) without paying for torch/diffusers until a node runs.
+import this folder (under any name) without paying for torch/diffusers until a node runs. The
+folder is also a ComfyUI custom-node pack: ComfyUI reads NODE_CLASS_MAPPINGS and
+NODE_DISPLAY_NAME_MAPPINGS from it (see nodes/).
 """
 
 import importlib
@@ -23,6 +25,9 @@ _LAZY_ATTRIBUTES = {
     "export_to_wav": ".media",
     "load_audio": ".media",
     "load_video": ".media",
+    # ComfyUI reads these two from the package; looking them up imports the nodes (torch, never ComfyUI).
+    "NODE_CLASS_MAPPINGS": ".nodes",
+    "NODE_DISPLAY_NAME_MAPPINGS": ".nodes",
 }
 
 __all__ = sorted(_LAZY_ATTRIBUTES)
