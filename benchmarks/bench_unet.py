@@ -203,10 +203,18 @@ def call(name, model, context, inputs, shifts, train: bool):
     return video_out.detach().float(), audio_out.detach().float()
 
 
-def set_official_shift(model, enabled: bool) -> None:
-    for block in model.modules():
-        if type(block).__name__ == "CrossAttentionBlock":
-            block.window_shift = enabled
+def disable_official_shifts(model):
+    """Turn the official random window shifts off; returns a function that restores them."""
+    blocks = [block for block in model.modules() if type(block).__name__ == "CrossAttentionBlock"]
+    saved = [block.window_shift for block in blocks]
+    for block in blocks:
+        block.window_shift = False
+
+    def restore():
+        for block, value in zip(blocks, saved):
+            block.window_shift = value
+
+    return restore
 
 
 def gradients(name, model, official_state):
@@ -256,13 +264,13 @@ def speed_child(task: dict) -> dict:
     results = {}
     for name, (model, _) in models.items():
         shifts = None if train else draw_shifts(flags, batch, check_seed)
-        set_official_shift(model, not train and flags["cross_attention_shift"])
+        restore_shifts = disable_official_shifts(model) if train else (lambda: None)
         random.seed(check_seed)
         model.zero_grad(set_to_none=True)
         results[name] = call(name, model, contexts[name], inputs, shifts, train)
         if train:
             results[name] += (gradients(name, model, official_state),)
-        set_official_shift(model, flags["cross_attention_shift"])
+        restore_shifts()
     reference = results[reference_name]
     errors = {}
     for name, outputs in results.items():
