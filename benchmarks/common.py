@@ -76,6 +76,10 @@ def run_child(script: str, task: dict, timeout: float = 3600) -> dict:
 
 def child_main(handler: Callable[[dict], dict]) -> None:
     """Entry point of a child: read the task, set the thread count, print the result as JSON."""
+    from diffusers.utils import logging as diffusers_logging
+
+    # diffusers warns on every `ModelMixin.to(dtype)`, whatever the model.
+    diffusers_logging.set_verbosity_error()
     task = json.loads(sys.argv[sys.argv.index("--child") + 1])
     if task.get("threads"):
         torch.set_num_threads(task["threads"])

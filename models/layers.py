@@ -97,7 +97,10 @@ AUDIO_RESAMPLE = 4
 
 def resample_video(video: torch.Tensor, direction: Optional[str]) -> torch.Tensor:
     if direction == "down":
-        return F.avg_pool3d(video, VIDEO_RESAMPLE, VIDEO_RESAMPLE)
+        # Frames folded into channels: a 2D pooling (CPU bfloat16 has no 3D average pooling).
+        batch, channels, frames, height, width = video.shape
+        planes = F.avg_pool2d(video.view(batch, channels * frames, height, width), VIDEO_RESAMPLE[1:])
+        return planes.view(batch, channels, frames, *planes.shape[-2:])
     if direction == "up":
         return F.interpolate(video, scale_factor=VIDEO_RESAMPLE, mode="nearest")
     return video
