@@ -22,12 +22,12 @@ def _onednn_preferred(x: torch.Tensor) -> bool:
     """For float32 batch-1 video on the CPU, PyTorch's backend heuristic sends 3D convolutions with small
     channel counts to an im2col path 2-4x slower than oneDNN (which it picks for larger inputs)."""
     return (
-        x.device.type == "cpu"
+        not torch.compiler.is_compiling()  # compiled graphs choose their own convolution kernels
+        and x.device.type == "cpu"
         and x.dtype == torch.float32
         and x.shape[0] == 1
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
-        and not torch.compiler.is_compiling()
     )
 
 
