@@ -20,6 +20,7 @@ workspace, caches), "process peak" the process's highest resident memory overall
 
 import argparse
 import gc
+import os
 import random
 import sys
 import types
@@ -34,6 +35,7 @@ from common import (  # noqa: E402
     load_average,
     median,
     peak_resident_bytes,
+    randomize,
     reset_peak,
     resident_bytes,
     run_child,
@@ -110,23 +112,6 @@ def build_official(repo: str, flags: dict) -> torch.nn.Module:
         dropout=flags["dropout"],
         resblock_updown=flags["resblock_updown"],
     )
-
-
-@torch.no_grad()
-def randomize(model: torch.nn.Module, seed: int) -> None:
-    """Random values in every parameter (the official output convolutions start at zero, which would make
-    any comparison pass): fan-in scaled weights, GroupNorm scales near one, small biases."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        for name, parameter in module.named_parameters(recurse=False):
-            noise = torch.randn(parameter.shape, generator=generator)
-            if isinstance(module, torch.nn.GroupNorm):
-                value = 1 + 0.1 * noise if name == "weight" else 0.1 * noise
-            elif parameter.ndim > 1:
-                value = noise * parameter[0].numel() ** -0.5
-            else:
-                value = 0.1 * noise
-            parameter.copy_(value)
 
 
 def build_ours(flags: dict, official_state=None) -> torch.nn.Module:
@@ -303,7 +288,7 @@ def speed_child(task: dict) -> dict:
             if iteration >= task["warmup"]:
                 times[name].append(elapsed)
     return {"parameters": parameters, "times": times, "errors": errors, "reference": reference_name,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
 
 
 def memory_child(task: dict) -> dict:
@@ -342,9 +327,10 @@ def report(config: str, args, variants) -> None:
     common = dict(config=config, train=args.train, batch=batch, threads=args.threads, official_repo=args.official_repo)
     print(f"== {config}: {kind}, batch {batch}, load average before {load_average()}", flush=True)
     if not args.no_speed:
-        speed = run_child(__file__, dict(common, variants=variants, runs=args.runs, warmup=args.warmup))
-        print(f"   {speed['parameters']:,} parameters, {speed['threads']} threads, median of {args.runs} runs "
-              f"after {args.warmup} warm-up")
+        speed = run_child(__file__, dict(common, variants=variants, runs=args.runs, warmup=args.warmup),
+                          omp_wait_policy=args.omp_wait_policy)
+        print(f"   {speed['parameters']:,} parameters, {speed['threads']} threads (OMP_WAIT_POLICY "
+              f"{speed['omp_wait_policy']}), median of {args.runs} runs after {args.warmup} warm-up")
         medians = {name: median(values) for name, values in speed["times"].items()}
         reference = speed["reference"]
         for name, seconds in medians.items():
@@ -361,7 +347,7 @@ def report(config: str, args, variants) -> None:
     if not args.no_memory:
         memory = {}
         for variant in variants:
-            memory[variant] = run_child(__file__, dict(common, variant=variant))
+            memory[variant] = run_child(__file__, dict(common, variant=variant), omp_wait_policy=args.omp_wait_policy)
         reference = "official" if "official" in memory else variants[0]
         for name, result in memory.items():
             line = (f"   memory {name:<21} above loaded {format_mib(result['above_loaded']):>11}   "
@@ -383,6 +369,10 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--omp-wait-policy", choices=["active", "passive"],
+                        help="OpenMP wait policy of the measuring processes (default: inherited); on a CPU shared "
+                             "with other work, passive keeps idle threads from spinning through the other work's "
+                             "time slices")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
     args = parser.parse_args(argv)

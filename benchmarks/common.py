@@ -61,13 +61,20 @@ def load_average() -> str:
     return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
-def run_child(script: str, task: dict, timeout: float = 3600) -> dict:
-    """Run ``script --child JSON`` in a fresh interpreter and return the JSON object it prints last."""
+def run_child(script: str, task: dict, timeout: float = 3600, omp_wait_policy: str = None) -> dict:
+    """Run ``script --child JSON`` in a fresh interpreter and return the JSON object it prints last.
+
+    ``omp_wait_policy`` ("active"/"passive") is set in the child's environment: it must be known before
+    the OpenMP runtime starts."""
+    env = dict(os.environ)
+    if omp_wait_policy:
+        env["OMP_WAIT_POLICY"] = omp_wait_policy.upper()
     result = subprocess.run(
         [sys.executable, script, "--child", json.dumps(task)],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
     if result.returncode != 0:
         raise RuntimeError(f"benchmark child {task} failed:\n{result.stderr[-4000:]}")
@@ -84,6 +91,23 @@ def child_main(handler: Callable[[dict], dict]) -> None:
     if task.get("threads"):
         torch.set_num_threads(task["threads"])
     print(json.dumps(handler(task)))
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Random values in every parameter (the official output convolutions start at zero, which would make
+    any comparison pass): fan-in scaled weights, GroupNorm scales near one, small biases."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            noise = torch.randn(parameter.shape, generator=generator)
+            if isinstance(module, torch.nn.GroupNorm):
+                value = 1 + 0.1 * noise if name == "weight" else 0.1 * noise
+            elif parameter.ndim > 1:
+                value = noise * parameter[0].numel() ** -0.5
+            else:
+                value = 0.1 * noise
+            parameter.copy_(value.to(parameter.dtype))
 
 
 def format_mib(num_bytes: float) -> str:

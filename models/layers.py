@@ -114,6 +114,12 @@ def resample_audio(audio: torch.Tensor, direction: Optional[str]) -> torch.Tenso
     return audio
 
 
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU of a freshly computed tensor, in place when no gradient is recorded (one activation-sized
+    buffer less at the peak); with autograd it would have to keep a copy of the input anyway."""
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
 class CoupledResBlock(nn.Module):
     """Residual block of the coupled U-Net: a video branch (2D+1D convolutions) and an audio branch
     (dilated 1D convolutions) sharing one timestep embedding, with optional up/down resampling and
@@ -163,8 +169,8 @@ class CoupledResBlock(nn.Module):
         self.audio_attention = AudioSelfAttention(out_channels, num_attention_heads) if audio_attention else None
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor, temb: torch.Tensor):
-        video_h = self.video_conv1(F.silu(video_group_norm(video, self.video_norm1)))
-        audio_h = self.audio_conv1(F.silu(group_norm(audio, self.audio_norm1)))
+        video_h = self.video_conv1(_silu(video_group_norm(video, self.video_norm1)))
+        audio_h = self.audio_conv1(_silu(group_norm(audio, self.audio_norm1)))
         video_h, video = resample_video(video_h, self.resample), resample_video(video, self.resample)
         audio_h, audio = resample_audio(audio_h, self.resample), resample_audio(audio, self.resample)
 
@@ -176,12 +182,13 @@ class CoupledResBlock(nn.Module):
         else:
             video_h = video_group_norm(video_h + emb[:, :, None, None, None], self.video_norm2)
             audio_h = group_norm(audio_h + emb[:, :, None], self.audio_norm2)
-        video_h = self.video_conv2(self.dropout(F.silu(video_h)))
-        audio_h = self.audio_conv2(self.dropout(F.silu(audio_h)))
+        video_h = self.video_conv2(self.dropout(_silu(video_h)))
+        audio_h = self.audio_conv2(self.dropout(_silu(audio_h)))
 
         if self.video_conv_shortcut is not None:
             video, audio = self.video_conv_shortcut(video), self.audio_conv_shortcut(audio)
-        video, audio = video + video_h, audio + audio_h
+        # The branch outputs are fresh tensors that nothing else holds: sum into them.
+        video, audio = video_h.add_(video), audio_h.add_(audio)
 
         if self.video_attention is not None:
             video = self.video_attention(video)
