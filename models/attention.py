@@ -3,8 +3,14 @@ multi-modal cross-attention (RS-MMA).
 
 Video tensors are ``[B, C, F, H, W]``, audio ``[B, C, T]``. Heads split the channel axis as
 ``channel = head * head_dim + i`` (the official QKV order: q, k, v are the three thirds of the
-projection, each then split into heads). All attention runs through
-``F.scaled_dot_product_attention``.
+projection, each then split into heads).
+
+Speed notes. Normalised activations are projected token-major (``[..., tokens, 3 * C]``), so that
+q, k and v are views with the head dimension contiguous and every attention is a 4-D
+``F.scaled_dot_product_attention`` call: that is what PyTorch's fused (flash) CPU kernel takes; 5-D
+inputs or a strided head dimension fall back to a kernel several times slower that also
+materialises the full attention matrix. The fused kernel returns token-major output, which the
+output projection consumes without a copy.
 """
 
 from typing import Optional
@@ -13,13 +19,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .normalization import NUM_GROUPS, group_norm, grouped_norm
+from .normalization import NUM_GROUPS, framewise_norm_tokens, group_norm
 
 
+def _pointwise(conv: nn.Module):
+    """Weight ``[out, in]`` and bias of a kernel-size-1 convolution, to apply as a linear map."""
+    return conv.weight.flatten(1), conv.bias
 
-def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """``[B, C, ...]`` -> ``[B, heads, head_dim, ...]``."""
-    return x.unflatten(1, (num_heads, x.shape[1] // num_heads))
+
+def _split_qkv(qkv: torch.Tensor, num_heads: int):
+    """``[N, L, 3 * C]`` -> q, k, v, each ``[N, heads, L, head_dim]`` (views)."""
+    return qkv.unflatten(-1, (3, num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def _split_kv(kv: torch.Tensor, num_heads: int):
+    """``[N, L, 2 * C]`` -> k, v, each ``[N, heads, L, head_dim]`` (views)."""
+    return kv.unflatten(-1, (2, num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def _merge_heads(out: torch.Tensor) -> torch.Tensor:
+    """``[N, heads, L, head_dim]`` -> ``[N, L, C]``."""
+    return out.transpose(1, 2).flatten(2)
 
 
 class AudioSelfAttention(nn.Module):
@@ -35,10 +55,10 @@ class AudioSelfAttention(nn.Module):
         self.to_out = nn.Conv1d(channels, channels, 1)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        qkv = self.to_qkv(group_norm(audio, self.norm))
-        q, k, v = (_split_heads(t, self.num_heads).transpose(-1, -2) for t in qkv.chunk(3, dim=1))
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, T, head_dim]
-        return audio + self.to_out(out.transpose(-1, -2).flatten(1, 2))
+        tokens = group_norm(audio, self.norm).transpose(1, 2)  # [B, T, C]
+        q, k, v = _split_qkv(F.linear(tokens, *_pointwise(self.to_qkv)), self.num_heads)
+        out = F.linear(_merge_heads(F.scaled_dot_product_attention(q, k, v)), *_pointwise(self.to_out))
+        return audio + out.transpose(1, 2)
 
 
 class _VideoAxisAttention(nn.Module):
@@ -50,23 +70,24 @@ class _VideoAxisAttention(nn.Module):
         if channels % num_heads:
             raise ValueError(f"attention channels {channels} are not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.spatial = axis == "spatial"
+        self.axis = axis
         self.norm = nn.GroupNorm(NUM_GROUPS, channels)
         self.to_qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.to_out = nn.Conv1d(channels, channels, 1)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         batch, channels, frames, height, width = video.shape
-        tokens = video.reshape(batch, channels, frames, height * width)
-        normed = grouped_norm(tokens, self.norm, (2, 4) if self.spatial else (2, 3))
-        qkv = self.to_qkv(normed.flatten(2)).view(batch, 3 * channels, frames, height * width)
-        # [B, heads, head_dim, F, HW] -> sequence axis last but one, head_dim last.
-        order = (0, 1, 3, 4, 2) if self.spatial else (0, 1, 4, 3, 2)
-        q, k, v = (_split_heads(t, self.num_heads).permute(order) for t in qkv.chunk(3, dim=1))
-        out = F.scaled_dot_product_attention(q, k, v)
-        inverse = (0, 1, 4, 2, 3) if self.spatial else (0, 1, 4, 3, 2)
-        out = out.permute(inverse).reshape(batch, channels, frames * height * width)
-        return video + self.to_out(out).view_as(video)
+        pixels = video.reshape(batch, channels, frames, height * width)
+        # Sequences in the batch axis: [B * F, HW, C] for spatial attention, [B * HW, F, C] for temporal.
+        tokens = framewise_norm_tokens(pixels, self.norm, self.axis)
+        qkv = F.linear(tokens, *_pointwise(self.to_qkv))
+        out = F.linear(_merge_heads(F.scaled_dot_product_attention(*_split_qkv(qkv, self.num_heads))),
+                       *_pointwise(self.to_out))
+        if self.axis == "spatial":
+            out = out.view(batch, frames, height * width, channels).permute(0, 3, 1, 2)
+        else:
+            out = out.view(batch, height * width, frames, channels).permute(0, 3, 2, 1)
+        return video + out.reshape(batch, channels, frames, height, width)
 
 
 class VideoSelfAttention(nn.Module):
@@ -88,14 +109,19 @@ def window_frame_index(num_frames: int, window: int, shift: torch.Tensor) -> tor
     return (frames[None, :, None] + shift[:, None, None] + offsets[None, None, :]) % num_frames
 
 
-def _gather_windows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Keys/values of each frame's window: ``x`` ``[B, heads, head_dim, F, N]`` and ``index``
-    ``[B, F, window]`` -> ``[B, heads, F, window * N, head_dim]``."""
-    batch, heads, head_dim, frames, tokens = x.shape
-    per_frame = x.permute(0, 3, 1, 4, 2)  # [B, F, heads, N, head_dim]
+def _windows(x: torch.Tensor, window: int, shift: Optional[torch.Tensor]) -> torch.Tensor:
+    """Keys and values of each frame's window: ``x`` ``[B, F, N, D]`` -> ``[B * F, window * N, D]``.
+
+    A window of one frame without shift is ``x`` itself; otherwise the frames are gathered (one copy
+    of ``window`` frames per frame, as the attention needs them side by side)."""
+    batch, frames, tokens, depth = x.shape
+    if window == 1 and shift is None:
+        return x.reshape(batch * frames, tokens, depth)
+    if shift is None:
+        shift = torch.zeros(batch, dtype=torch.long, device=x.device)
+    index = window_frame_index(frames, window, shift)
     batch_index = torch.arange(batch, device=x.device)[:, None, None]
-    windows = per_frame[batch_index, index]  # [B, F, window, heads, N, head_dim]
-    return windows.permute(0, 3, 1, 2, 4, 5).reshape(batch, heads, frames, -1, head_dim)
+    return x[batch_index, index].reshape(batch * frames, window * tokens, depth)
 
 
 class CrossModalAttention(nn.Module):
@@ -120,39 +146,29 @@ class CrossModalAttention(nn.Module):
         self.video_to_out = nn.Conv3d(channels, channels, 1)
         self.audio_to_out = nn.Conv1d(channels, channels, 1)
 
-    def _qkv(self, tokens: torch.Tensor, norm: nn.GroupNorm, to_qkv: nn.Conv1d, frames: int):
-        qkv = to_qkv(group_norm(tokens, norm))
-        # [B, heads, head_dim, F, tokens per frame]
-        return [_split_heads(t, self.num_heads).unflatten(-1, (frames, -1)) for t in qkv.chunk(3, dim=1)]
-
     def forward(self, video: torch.Tensor, audio: torch.Tensor, shift: Optional[torch.Tensor] = None):
         batch, channels, frames, height, width = video.shape
         audio_length = audio.shape[-1]
-        video_q, video_k, video_v = self._qkv(video.flatten(2), self.video_norm, self.video_to_qkv, frames)
-        audio_q, audio_k, audio_v = self._qkv(audio, self.audio_norm, self.audio_to_qkv, frames)
-
-        def queries(q):  # [B, heads, F, tokens per frame, head_dim]
-            return q.permute(0, 1, 3, 4, 2)
+        # Token-major projections, frame by frame: [B, F, tokens per frame, 3C].
+        video_tokens = group_norm(video.flatten(2), self.video_norm).transpose(1, 2)
+        audio_tokens = group_norm(audio, self.audio_norm).transpose(1, 2)
+        video_qkv = F.linear(video_tokens, *_pointwise(self.video_to_qkv)).view(batch, frames, height * width, -1)
+        audio_qkv = F.linear(audio_tokens, *_pointwise(self.audio_to_qkv)).view(batch, frames, -1, 3 * channels)
 
         if self.window >= frames:
             # Every window covers all frames, whatever the shift: plain full cross-attention.
-            def keys(x):  # [B, heads, all tokens, head_dim]
-                return x.flatten(3).transpose(-1, -2)
-
-            video_out = F.scaled_dot_product_attention(queries(video_q).flatten(2, 3), keys(audio_k), keys(audio_v))
-            audio_out = F.scaled_dot_product_attention(queries(audio_q).flatten(2, 3), keys(video_k), keys(video_v))
+            video_q, video_k, video_v = _split_qkv(video_qkv.flatten(1, 2), self.num_heads)
+            audio_q, audio_k, audio_v = _split_qkv(audio_qkv.flatten(1, 2), self.num_heads)
         else:
-            if shift is None:
-                shift = torch.zeros(batch, dtype=torch.long, device=video.device)
-            index = window_frame_index(frames, self.window, shift)
-            video_out = F.scaled_dot_product_attention(
-                queries(video_q), _gather_windows(audio_k, index), _gather_windows(audio_v, index)
-            ).flatten(2, 3)
-            audio_out = F.scaled_dot_product_attention(
-                queries(audio_q), _gather_windows(video_k, index), _gather_windows(video_v, index)
-            ).flatten(2, 3)
+            # Each frame's queries against the keys of its window: frames in the batch axis.
+            video_q = _split_qkv(video_qkv.flatten(0, 1), self.num_heads)[0]
+            audio_q = _split_qkv(audio_qkv.flatten(0, 1), self.num_heads)[0]
+            audio_k, audio_v = _split_kv(_windows(audio_qkv[..., channels:], self.window, shift), self.num_heads)
+            video_k, video_v = _split_kv(_windows(video_qkv[..., channels:], self.window, shift), self.num_heads)
+        video_out = _merge_heads(F.scaled_dot_product_attention(video_q, audio_k, audio_v))
+        audio_out = _merge_heads(F.scaled_dot_product_attention(audio_q, video_k, video_v))
 
-        # [B, heads, tokens, head_dim] -> [B, C, tokens]
-        video_out = video_out.permute(0, 1, 3, 2).reshape(batch, channels, frames, height, width)
-        audio_out = audio_out.permute(0, 1, 3, 2).reshape(batch, channels, audio_length)
-        return video + self.video_to_out(video_out), audio + self.audio_to_out(audio_out)
+        video_out = F.linear(video_out, *_pointwise(self.video_to_out)).view(batch, -1, channels)
+        audio_out = F.linear(audio_out, *_pointwise(self.audio_to_out)).view(batch, -1, channels)
+        video = video + video_out.transpose(1, 2).view(batch, channels, frames, height, width)
+        return video, audio + audio_out.transpose(1, 2)

@@ -12,7 +12,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .attention import CrossModalAttention
-from .layers import CoupledResBlock, VideoConv2Plus1D, audio_conv
+from .layers import CoupledResBlock, VideoConv2Plus1D, VideoConv3d, audio_conv
 from .normalization import NUM_GROUPS, group_norm, video_group_norm
 
 # The official model grows the audio dilation by one power of two per residual block, wrapping at 2**10.
@@ -234,7 +234,7 @@ class CoupledUNet(ModelMixin, ConfigMixin):
         out_video_channels = video_channels * (2 if learn_sigma else 1)
         out_audio_channels = audio_channels * (2 if learn_sigma else 1)
         self.video_norm_out = nn.GroupNorm(NUM_GROUPS, channels)
-        self.video_conv_out = nn.Conv3d(channels, out_video_channels, 3, padding=1)
+        self.video_conv_out = VideoConv3d(channels, out_video_channels, 3, padding=1)
         self.audio_norm_out = nn.GroupNorm(NUM_GROUPS, channels)
         self.audio_conv_out = audio_conv(channels, out_audio_channels, 3)
 

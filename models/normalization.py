@@ -1,4 +1,12 @@
-"""GroupNorm variants of the coupled U-Net, all computed in float32 as the official model does."""
+"""GroupNorm variants of the coupled U-Net, all computed in float32 as the official model does.
+
+Where a normalisation is followed by a per-sample scale and shift (the timestep conditioning) or has
+statistics over a subset of axes (per frame, per pixel), the statistics are taken in one pass and the
+whole affine map is applied in one more (``x * a + b``), instead of a chain of elementwise passes over
+the activation. That is how PyTorch's own GroupNorm kernel applies its affine map too.
+"""
+
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,25 +20,38 @@ def group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     return F.group_norm(x.float(), norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps).to(x.dtype)
 
 
-def video_group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """GroupNorm of video ``[B, C, F, H, W]`` over all frames jointly.
+def _frames_are_channels(x: torch.Tensor) -> bool:
+    """The official layer takes video as ``[B, F, C, H, W]`` and moves channels first only when the
+    frame count differs from the channel count; when ``F == C`` it normalises the frame axis as if it
+    were the channel axis. Checkpoints trained that way depend on it, so it is reproduced here."""
+    return x.ndim == 5 and x.shape[1] == x.shape[2]
 
-    The official layer takes ``[B, F, C, H, W]`` and moves channels first only when the frame
-    count differs from the channel count; when ``F == C`` it normalises the frame axis as if it were
-    the channel axis. Checkpoints trained that way depend on it, so it is reproduced here.
-    """
-    if x.shape[1] == x.shape[2]:
+
+def video_group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """GroupNorm of video ``[B, C, F, H, W]`` over all frames jointly (with the official ``F == C`` quirk)."""
+    if _frames_are_channels(x):
         return group_norm(x.transpose(1, 2), norm).transpose(1, 2)
     return group_norm(x, norm)
 
 
-def grouped_norm(x: torch.Tensor, norm: nn.GroupNorm, reduce_dims) -> torch.Tensor:
-    """GroupNorm of ``[B, C, F, N]`` with statistics over ``reduce_dims`` of the grouped view
-    ``[B, groups, C // groups, F, N]``: (2, 4) normalises each frame on its own, (2, 3) each pixel
-    over time. Same result as moving frames or pixels into the batch axis, without the copies."""
+def modulated_group_norm(x: torch.Tensor, norm: nn.GroupNorm, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``norm(x) * (1 + scale) + shift`` for ``[B, C, ...]`` (video with the official ``F == C`` quirk),
+    ``scale``/``shift`` of shape ``[B, C]``. The modulation is one fused pass (``addcmul``)."""
+    spread = (1,) * (x.ndim - 2)
+    normed = video_group_norm(x, norm) if x.ndim == 5 else group_norm(x, norm)
+    return torch.addcmul(shift.view(*shift.shape, *spread), normed, 1 + scale.view(*scale.shape, *spread))
+
+
+def framewise_norm_tokens(x: torch.Tensor, norm: nn.GroupNorm, axis: str) -> torch.Tensor:
+    """GroupNorm of video ``[B, C, F, N]`` with statistics per frame (``axis="spatial"``: each frame's
+    pixels) or per pixel (``"temporal"``: each pixel over the frames), returned token-major as the
+    attention consumes it: ``[B * F, N, C]`` or ``[B * N, F, C]`` (a transposed view).
+
+    The sequences are moved into the batch axis (one copy) so that PyTorch's fused GroupNorm computes
+    the statistics; it is several times faster than a generic reduction over the strided axes."""
     batch, channels, frames, tokens = x.shape
-    grouped = x.float().view(batch, norm.num_groups, channels // norm.num_groups, frames, tokens)
-    var, mean = torch.var_mean(grouped, dim=reduce_dims, keepdim=True, correction=0)
-    grouped = (grouped - mean) * torch.rsqrt(var + norm.eps)
-    out = grouped.view_as(x) * norm.weight.float()[:, None, None] + norm.bias.float()[:, None, None]
-    return out.to(x.dtype)
+    if axis == "spatial":
+        sequences = x.transpose(1, 2).reshape(batch * frames, channels, tokens)
+    else:
+        sequences = x.permute(0, 3, 1, 2).reshape(batch * tokens, channels, frames)
+    return group_norm(sequences, norm).transpose(1, 2)
