@@ -1,7 +1,8 @@
 """The samplers offered by name (CLI `--scheduler`, ComfyUI), built from a pipeline's scheduler config so
 that every choice uses the model's training schedule."""
 
-from typing import Callable, Dict
+import inspect
+from typing import Callable, Dict, Type
 
 from diffusers import (
     DDIMScheduler,
@@ -15,22 +16,29 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from .scheduling_mm_dpmsolver import MMDiffusionDPMSolverScheduler
 
 
+def _from_config(scheduler_class: Type[SchedulerMixin], config, **overrides) -> SchedulerMixin:
+    """`scheduler_class.from_config` with only the keys that class takes (the training schedule carries over,
+    another sampler's own options are left out instead of being warned about)."""
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    return scheduler_class.from_config({k: v for k, v in dict(config).items() if k in accepted}, **overrides)
+
+
 def _ddpm(config, learn_sigma: bool) -> SchedulerMixin:
     # The official DDPM sampler uses the learned variance when the model has one, the large fixed one otherwise.
-    return DDPMScheduler.from_config(config, variance_type="learned_range" if learn_sigma else "fixed_large")
+    return _from_config(DDPMScheduler, config, variance_type="learned_range" if learn_sigma else "fixed_large")
 
 
 SCHEDULER_CHOICES: Dict[str, Callable[..., SchedulerMixin]] = {
     # The paper's sampler: the official singlestep DPM-Solver, order 3, logSNR grid.
-    "dpm-solver": lambda config, learn_sigma: MMDiffusionDPMSolverScheduler.from_config(config),
+    "dpm-solver": lambda config, learn_sigma: _from_config(MMDiffusionDPMSolverScheduler, config),
     # DDIM as the official `ddimN` respacing runs it (x0 clipped; the pipeline re-derives the noise from it).
-    "ddim": lambda config, learn_sigma: DDIMScheduler.from_config(
-        config, clip_sample=True, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading"
+    "ddim": lambda config, learn_sigma: _from_config(
+        DDIMScheduler, config, clip_sample=True, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading"
     ),
     "ddpm": _ddpm,
-    "dpm++": lambda config, learn_sigma: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
-    "unipc": lambda config, learn_sigma: UniPCMultistepScheduler.from_config(config),
-    "euler": lambda config, learn_sigma: EulerDiscreteScheduler.from_config(config),
+    "dpm++": lambda config, learn_sigma: _from_config(DPMSolverMultistepScheduler, config, algorithm_type="dpmsolver++"),
+    "unipc": lambda config, learn_sigma: _from_config(UniPCMultistepScheduler, config),
+    "euler": lambda config, learn_sigma: _from_config(EulerDiscreteScheduler, config),
 }
 
 
