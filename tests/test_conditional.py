@@ -49,7 +49,10 @@ def test_audio_to_video_keeps_the_given_audio(scheduled_pipe, method):
     assert out.frames.shape == (1, 8, 3, 16, 16) and torch.isfinite(out.frames).all()
     again = scheduled_pipe(audio=audio, sample_rate=16000, condition_method=method, num_inference_steps=4,
                            generator=torch.Generator().manual_seed(0), output_type="pt")
-    assert torch.equal(out.frames, again.frames)
+    if method == "replacement":
+        assert torch.equal(out.frames, again.frames)
+    else:  # multithreaded CPU backward passes may sum in another order: equal up to rounding
+        torch.testing.assert_close(out.frames, again.frames, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["replacement", "guidance"])
