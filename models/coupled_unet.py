@@ -34,8 +34,8 @@ class CoupledUNetOutput(BaseOutput):
             Audio prediction, laid out the same way.
     """
 
-    video: torch.Tensor
-    audio: torch.Tensor
+    video: torch.Tensor = None
+    audio: torch.Tensor = None
 
 
 class CoupledUNetBlock(nn.Module):
