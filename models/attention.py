@@ -113,15 +113,16 @@ def _windows(x: torch.Tensor, window: int, shift: Optional[torch.Tensor]) -> tor
     """Keys and values of each frame's window: ``x`` ``[B, F, N, D]`` -> ``[B * F, window * N, D]``.
 
     A window of one frame without shift is ``x`` itself; otherwise the frames are gathered (one copy
-    of ``window`` frames per frame, as the attention needs them side by side)."""
+    of ``window`` frames per frame, as the attention needs them side by side) with ``index_select``,
+    which copies whole frames (several times faster than advanced indexing)."""
     batch, frames, tokens, depth = x.shape
+    per_frame = x.reshape(batch * frames, tokens, depth)
     if window == 1 and shift is None:
-        return x.reshape(batch * frames, tokens, depth)
+        return per_frame
     if shift is None:
         shift = torch.zeros(batch, dtype=torch.long, device=x.device)
-    index = window_frame_index(frames, window, shift)
-    batch_index = torch.arange(batch, device=x.device)[:, None, None]
-    return x[batch_index, index].reshape(batch * frames, window * tokens, depth)
+    index = window_frame_index(frames, window, shift) + frames * torch.arange(batch, device=x.device)[:, None, None]
+    return per_frame.index_select(0, index.flatten()).view(batch * frames, window * tokens, depth)
 
 
 class CrossModalAttention(nn.Module):

@@ -22,7 +22,11 @@ def group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     layouts, but would copy token-major 3-D tensors to channels-first."""
     if x.ndim == 3:
         return group_norm(x.unsqueeze(2), norm).squeeze(2)
-    return F.group_norm(x.float(), norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps).to(x.dtype)
+    weight, bias = norm.weight.float(), norm.bias.float()
+    if x.device.type == "cpu":
+        # PyTorch's CPU kernel takes reduced-precision input with float32 parameters and computes in float32.
+        return F.group_norm(x, norm.num_groups, weight, bias, norm.eps)
+    return F.group_norm(x.float(), norm.num_groups, weight, bias, norm.eps).to(x.dtype)
 
 
 def _frames_are_channels(x: torch.Tensor) -> bool:
