@@ -64,7 +64,8 @@ def framewise_norm_tokens(video: torch.Tensor, norm: nn.GroupNorm, axis: str) ->
         sequences = video.transpose(1, 2).reshape(batch * frames, channels, height, width)
         return group_norm(sequences, norm).permute(0, 2, 3, 1).reshape(batch * frames, height * width, channels)
     if token_major:
-        sequences = video.permute(0, 3, 4, 2, 1).reshape(batch * height * width, frames, channels).transpose(1, 2)
+        pixels = video.permute(0, 3, 4, 2, 1).reshape(batch * height * width, frames, channels)
+        sequences = pixels.contiguous().transpose(1, 2)  # (a strided view when the batch is one)
     else:
         sequences = video.permute(0, 3, 4, 1, 2).reshape(batch * height * width, channels, frames)
     return group_norm(sequences, norm).transpose(1, 2)
