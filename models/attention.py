@@ -1,12 +1,12 @@
 """Attention layers of the coupled U-Net: per-modality self-attention and the random-shift
 multi-modal cross-attention (RS-MMA).
 
-Video tensors are ``[B, C, F, H, W]``, audio ``[B, C, T]``. Heads split the channel axis as
-``channel = head * head_dim + i`` (the official QKV order: q, k, v are the three thirds of the
-projection, each then split into heads).
+Video tensors are ``[B, C, F, H, W]``, audio ``[B, C, T]``, both stored token-major (see `layers`).
+Heads split the channel axis as ``channel = head * head_dim + i`` (the official QKV order: q, k, v
+are the three thirds of the projection, each then split into heads).
 
-Speed notes. Normalised activations are projected token-major (``[..., tokens, 3 * C]``), so that
-q, k and v are views with the head dimension contiguous and every attention is a 4-D
+Speed notes. The token-major activations are normalised and projected as ``[..., tokens, 3 * C]``,
+so that q, k and v are views with the head dimension contiguous and every attention is a 4-D
 ``F.scaled_dot_product_attention`` call: that is what PyTorch's fused (flash) CPU kernel takes; 5-D
 inputs or a strided head dimension fall back to a kernel several times slower that also
 materialises the full attention matrix. The fused kernel returns token-major output, which the
@@ -55,9 +55,10 @@ class AudioSelfAttention(nn.Module):
         self.to_out = nn.Conv1d(channels, channels, 1)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        tokens = group_norm(audio, self.norm).transpose(1, 2)  # [B, T, C]
-        q, k, v = _split_qkv(F.linear(tokens, *_pointwise(self.to_qkv)), self.num_heads)
-        out = F.linear(_merge_heads(F.scaled_dot_product_attention(q, k, v)), *_pointwise(self.to_out))
+        qkv = F.linear(group_norm(audio, self.norm).transpose(1, 2), *_pointwise(self.to_qkv))  # [B, T, 3C]
+        out = F.scaled_dot_product_attention(*_split_qkv(qkv, self.num_heads))
+        del qkv  # temporaries are released as soon as they are consumed: they set the peak memory
+        out = F.linear(_merge_heads(out), *_pointwise(self.to_out))
         return audio + out.transpose(1, 2)
 
 
@@ -77,17 +78,16 @@ class _VideoAxisAttention(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         batch, channels, frames, height, width = video.shape
-        pixels = video.reshape(batch, channels, frames, height * width)
         # Sequences in the batch axis: [B * F, HW, C] for spatial attention, [B * HW, F, C] for temporal.
-        tokens = framewise_norm_tokens(pixels, self.norm, self.axis)
-        qkv = F.linear(tokens, *_pointwise(self.to_qkv))
-        out = F.linear(_merge_heads(F.scaled_dot_product_attention(*_split_qkv(qkv, self.num_heads))),
-                       *_pointwise(self.to_out))
+        qkv = F.linear(framewise_norm_tokens(video, self.norm, self.axis), *_pointwise(self.to_qkv))
+        out = F.scaled_dot_product_attention(*_split_qkv(qkv, self.num_heads))
+        del qkv  # temporaries are released as soon as they are consumed: they set the peak memory
+        out = F.linear(_merge_heads(out), *_pointwise(self.to_out))
         if self.axis == "spatial":
-            out = out.view(batch, frames, height * width, channels).permute(0, 3, 1, 2)
+            out = out.view(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
         else:
-            out = out.view(batch, height * width, frames, channels).permute(0, 3, 2, 1)
-        return video + out.reshape(batch, channels, frames, height, width)
+            out = out.view(batch, height, width, frames, channels).permute(0, 4, 3, 1, 2)
+        return video + out
 
 
 class VideoSelfAttention(nn.Module):
@@ -113,15 +113,16 @@ def _windows(x: torch.Tensor, window: int, shift: Optional[torch.Tensor]) -> tor
     """Keys and values of each frame's window: ``x`` ``[B, F, N, D]`` -> ``[B * F, window * N, D]``.
 
     A window of one frame without shift is ``x`` itself; otherwise the frames are gathered (one copy
-    of ``window`` frames per frame, as the attention needs them side by side)."""
+    of ``window`` frames per frame, as the attention needs them side by side) with ``index_select``,
+    which copies whole frames (several times faster than advanced indexing)."""
     batch, frames, tokens, depth = x.shape
+    per_frame = x.reshape(batch * frames, tokens, depth)
     if window == 1 and shift is None:
-        return x.reshape(batch * frames, tokens, depth)
+        return per_frame
     if shift is None:
         shift = torch.zeros(batch, dtype=torch.long, device=x.device)
-    index = window_frame_index(frames, window, shift)
-    batch_index = torch.arange(batch, device=x.device)[:, None, None]
-    return x[batch_index, index].reshape(batch * frames, window * tokens, depth)
+    index = window_frame_index(frames, window, shift) + frames * torch.arange(batch, device=x.device)[:, None, None]
+    return per_frame.index_select(0, index.flatten()).view(batch * frames, window * tokens, depth)
 
 
 class CrossModalAttention(nn.Module):
@@ -148,27 +149,35 @@ class CrossModalAttention(nn.Module):
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor, shift: Optional[torch.Tensor] = None):
         batch, channels, frames, height, width = video.shape
-        audio_length = audio.shape[-1]
         # Token-major projections, frame by frame: [B, F, tokens per frame, 3C].
-        video_tokens = group_norm(video.flatten(2), self.video_norm).transpose(1, 2)
-        audio_tokens = group_norm(audio, self.audio_norm).transpose(1, 2)
+        video_tokens = group_norm(video, self.video_norm).permute(0, 2, 3, 4, 1).reshape(batch, -1, channels)
         video_qkv = F.linear(video_tokens, *_pointwise(self.video_to_qkv)).view(batch, frames, height * width, -1)
+        del video_tokens
+        audio_tokens = group_norm(audio, self.audio_norm).transpose(1, 2)
         audio_qkv = F.linear(audio_tokens, *_pointwise(self.audio_to_qkv)).view(batch, frames, -1, 3 * channels)
+        del audio_tokens
 
         if self.window >= frames:
             # Every window covers all frames, whatever the shift: plain full cross-attention.
             video_q, video_k, video_v = _split_qkv(video_qkv.flatten(1, 2), self.num_heads)
             audio_q, audio_k, audio_v = _split_qkv(audio_qkv.flatten(1, 2), self.num_heads)
+            video_out = F.scaled_dot_product_attention(video_q, audio_k, audio_v)
+            audio_out = F.scaled_dot_product_attention(audio_q, video_k, video_v)
+            del video_q, video_k, video_v, audio_q, audio_k, audio_v
         else:
-            # Each frame's queries against the keys of its window: frames in the batch axis.
-            video_q = _split_qkv(video_qkv.flatten(0, 1), self.num_heads)[0]
-            audio_q = _split_qkv(audio_qkv.flatten(0, 1), self.num_heads)[0]
-            audio_k, audio_v = _split_kv(_windows(audio_qkv[..., channels:], self.window, shift), self.num_heads)
-            video_k, video_v = _split_kv(_windows(video_qkv[..., channels:], self.window, shift), self.num_heads)
-        video_out = _merge_heads(F.scaled_dot_product_attention(video_q, audio_k, audio_v))
-        audio_out = _merge_heads(F.scaled_dot_product_attention(audio_q, video_k, video_v))
+            # Each frame's queries against the keys and values of its window: frames in the batch axis.
+            video_out = F.scaled_dot_product_attention(
+                _split_qkv(video_qkv.flatten(0, 1), self.num_heads)[0],
+                *_split_kv(_windows(audio_qkv[..., channels:], self.window, shift), self.num_heads),
+            )
+            audio_out = F.scaled_dot_product_attention(
+                _split_qkv(audio_qkv.flatten(0, 1), self.num_heads)[0],
+                *_split_kv(_windows(video_qkv[..., channels:], self.window, shift), self.num_heads),
+            )
+        del video_qkv, audio_qkv  # temporaries are released as soon as they are consumed: they set the peak memory
+        video_out, audio_out = _merge_heads(video_out), _merge_heads(audio_out)
 
         video_out = F.linear(video_out, *_pointwise(self.video_to_out)).view(batch, -1, channels)
         audio_out = F.linear(audio_out, *_pointwise(self.audio_to_out)).view(batch, -1, channels)
-        video = video + video_out.transpose(1, 2).view(batch, channels, frames, height, width)
+        video = video + video_out.view(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
         return video, audio + audio_out.transpose(1, 2)

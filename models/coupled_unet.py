@@ -12,7 +12,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .attention import CrossModalAttention
-from .layers import CoupledResBlock, VideoConv2Plus1D, VideoConv3d, audio_conv
+from .layers import CoupledResBlock, VideoConv2Plus1D, VideoConv3d, audio_conv, cat_channels, token_major
 from .normalization import NUM_GROUPS, group_norm, video_group_norm
 
 # The official model grows the audio dilation by one power of two per residual block, wrapping at 2**10.
@@ -397,9 +397,12 @@ class CoupledUNet(ModelMixin, ConfigMixin):
         shifts = self._window_shifts(window_shift, batch, generator, video.device)
 
         temb = self.time_embedding(self.time_proj(timestep).to(self.dtype))
-        video = video.to(self.dtype).transpose(1, 2)  # [B, C, F, H, W] inside the model
-        audio = audio.to(self.dtype)
-        video, audio = self.conv_in_video(video), self.conv_in_audio(audio)
+        # Inside the model: video [B, C, F, H, W] and audio [B, C, T], stored token-major for CPU inference and
+        # channels-first otherwise (see layers.py); the input convolutions' outputs set the layout.
+        layout = token_major if video.device.type == "cpu" and not torch.is_grad_enabled() else torch.Tensor.contiguous
+        video = self.conv_in_video(layout(video.to(self.dtype).transpose(1, 2)))
+        audio = self.conv_in_audio(audio.to(self.dtype))
+        video, audio = layout(video), layout(audio)
         video_skips, audio_skips = [video], [audio]
 
         shift_column = 0
@@ -417,13 +420,13 @@ class CoupledUNet(ModelMixin, ConfigMixin):
             block_shift = None
             if shifts is not None and block.cross_attention is not None and block.cross_attention.shifted:
                 block_shift, shift_column = shifts[:, shift_column], shift_column + 1
-            video = torch.cat([video, video_skips.pop()], dim=1)
-            audio = torch.cat([audio, audio_skips.pop()], dim=1)
+            video = cat_channels(video, video_skips.pop())
+            audio = cat_channels(audio, audio_skips.pop())
             video, audio = self._run(block, video, audio, temb, block_shift)
 
         video = self.video_conv_out(F.silu(video_group_norm(video, self.video_norm_out)))
         audio = self.audio_conv_out(F.silu(group_norm(audio, self.audio_norm_out)))
-        video = video.transpose(1, 2).contiguous()
+        video, audio = video.transpose(1, 2).contiguous(), audio.contiguous()
 
         if not return_dict:
             return video, audio

@@ -16,8 +16,17 @@ NUM_GROUPS = 32
 
 
 def group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """``norm`` applied to ``[B, C, ...]`` in float32, returned in the input dtype."""
-    return F.group_norm(x.float(), norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps).to(x.dtype)
+    """``norm`` applied to ``[B, C, ...]`` in float32, returned in the input dtype and memory layout.
+
+    ``[B, C, T]`` goes through ``[B, C, 1, T]``: PyTorch's kernel keeps 4-D and 5-D channels-last
+    layouts, but would copy token-major 3-D tensors to channels-first."""
+    if x.ndim == 3:
+        return group_norm(x.unsqueeze(2), norm).squeeze(2)
+    weight, bias = norm.weight.float(), norm.bias.float()
+    if x.device.type == "cpu":
+        # PyTorch's CPU kernel takes reduced-precision input with float32 parameters and computes in float32.
+        return F.group_norm(x, norm.num_groups, weight, bias, norm.eps)
+    return F.group_norm(x.float(), norm.num_groups, weight, bias, norm.eps).to(x.dtype)
 
 
 def _frames_are_channels(x: torch.Tensor) -> bool:
@@ -42,16 +51,21 @@ def modulated_group_norm(x: torch.Tensor, norm: nn.GroupNorm, scale: torch.Tenso
     return torch.addcmul(shift.view(*shift.shape, *spread), normed, 1 + scale.view(*scale.shape, *spread))
 
 
-def framewise_norm_tokens(x: torch.Tensor, norm: nn.GroupNorm, axis: str) -> torch.Tensor:
-    """GroupNorm of video ``[B, C, F, N]`` with statistics per frame (``axis="spatial"``: each frame's
+def framewise_norm_tokens(video: torch.Tensor, norm: nn.GroupNorm, axis: str) -> torch.Tensor:
+    """GroupNorm of video ``[B, C, F, H, W]`` with statistics per frame (``axis="spatial"``: each frame's
     pixels) or per pixel (``"temporal"``: each pixel over the frames), returned token-major as the
-    attention consumes it: ``[B * F, N, C]`` or ``[B * N, F, C]`` (a transposed view).
+    attention consumes it: ``[B * F, H * W, C]`` or ``[B * H * W, F, C]``.
 
-    The sequences are moved into the batch axis (one copy) so that PyTorch's fused GroupNorm computes
-    the statistics; it is several times faster than a generic reduction over the strided axes."""
-    batch, channels, frames, tokens = x.shape
+    The sequences are moved into the batch axis so that PyTorch's fused GroupNorm computes the
+    statistics (for token-major video, the frames without a copy)."""
+    batch, channels, frames, height, width = video.shape
+    token_major = video.stride(1) == 1
     if axis == "spatial":
-        sequences = x.transpose(1, 2).reshape(batch * frames, channels, tokens)
+        sequences = video.transpose(1, 2).reshape(batch * frames, channels, height, width)
+        return group_norm(sequences, norm).permute(0, 2, 3, 1).reshape(batch * frames, height * width, channels)
+    if token_major:
+        pixels = video.permute(0, 3, 4, 2, 1).reshape(batch * height * width, frames, channels)
+        sequences = pixels.contiguous().transpose(1, 2)  # (a strided view when the batch is one)
     else:
-        sequences = x.permute(0, 3, 1, 2).reshape(batch * tokens, channels, frames)
+        sequences = video.permute(0, 3, 4, 1, 2).reshape(batch * height * width, channels, frames)
     return group_norm(sequences, norm).transpose(1, 2)

@@ -8,7 +8,16 @@ import torch.nn.functional as F
 
 from mmdiffusion import CoupledUNet
 from mmdiffusion.models.attention import CrossModalAttention
-from mmdiffusion.models.layers import PointwiseConv3d, TemporalConv3d, VideoConv3d
+from mmdiffusion.models.layers import (
+    AudioConv1d,
+    PointwiseConv3d,
+    TemporalConv3d,
+    VideoConv3d,
+    cat_channels,
+    resample_audio,
+    resample_video,
+    token_major,
+)
 from mmdiffusion.models.normalization import framewise_norm_tokens
 
 TINY = dict(num_frames=4, sample_size=16, audio_length=256, model_channels=32, channel_mult=(1, 2),
@@ -27,9 +36,11 @@ TINY = dict(num_frames=4, sample_size=16, audio_length=256, model_channels=32, c
     ids=["spatial", "full", "temporal", "pointwise"],
 )
 @pytest.mark.parametrize("batch", [1, 2])
-def test_video_convolutions_equal_conv3d(layer, batch):
+@pytest.mark.parametrize("layout", [lambda x: x, token_major], ids=["channels_first", "token_major"])
+def test_video_convolutions_equal_conv3d(layer, batch, layout):
     video = torch.randn(batch, 8, 5, 6, 7, requires_grad=True)
-    out = layer(video)
+    out = layer(layout(video))
+    assert out.stride() == (layout(out.detach()).stride() if batch > 1 or out.shape[1] > 1 else out.stride())
     expected = F.conv3d(video, layer.weight, layer.bias, layer.stride, layer.padding)
     assert torch.allclose(out, expected, atol=1e-5)
     (grad,) = torch.autograd.grad(out.square().sum(), video)
@@ -37,16 +48,40 @@ def test_video_convolutions_equal_conv3d(layer, batch):
     assert torch.allclose(grad, expected_grad, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["channels_first", "token_major"])
 @pytest.mark.parametrize("axis", ["spatial", "temporal"])
-def test_framewise_norm_equals_group_norm_per_sequence(axis):
+def test_framewise_norm_equals_group_norm_per_sequence(axis, layout):
     norm = torch.nn.GroupNorm(4, 8)
     torch.nn.init.normal_(norm.weight)
     torch.nn.init.normal_(norm.bias)
-    x = torch.randn(2, 8, 3, 10) * 3 + 1  # [B, C, F, N]
-    # The per-sequence layout built independently: [B, F, C, N] per frame, [B, N, C, F] per pixel.
-    sequences = x.permute(0, 2, 1, 3) if axis == "spatial" else x.permute(0, 3, 1, 2)
+    video = torch.randn(2, 8, 3, 2, 5) * 3 + 1  # [B, C, F, H, W]
+    # The per-sequence layout built independently: [B, F, C, HW] per frame, [B, HW, C, F] per pixel.
+    pixels = video.flatten(3)
+    sequences = pixels.permute(0, 2, 1, 3) if axis == "spatial" else pixels.permute(0, 3, 1, 2)
     expected = norm(sequences.reshape(-1, 8, sequences.shape[-1])).transpose(1, 2)
-    assert torch.allclose(framewise_norm_tokens(x, norm, axis), expected, atol=1e-5)
+    if layout == "token_major":
+        video = token_major(video)
+    assert torch.allclose(framewise_norm_tokens(video, norm, axis), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", [lambda x: x.contiguous(), token_major], ids=["channels_first", "token_major"])
+def test_layers_keep_the_layout_and_values(layout):
+    audio = torch.randn(2, 8, 12)
+    for layer in (AudioConv1d(8, 16, 3, padding=2, dilation=2), AudioConv1d(8, 16, 1)):
+        out = layer(layout(audio))
+        assert torch.allclose(out, F.conv1d(audio, layer.weight, layer.bias, padding=layer.padding,
+                                            dilation=layer.dilation), atol=1e-5)
+        assert out.stride() == layout(out).stride()
+    for direction in ("down", "up"):
+        assert torch.equal(resample_audio(layout(audio), direction), resample_audio(audio, direction))
+        assert resample_audio(layout(audio), direction).stride() == layout(resample_audio(audio, direction)).stride()
+    video = torch.randn(2, 8, 3, 4, 6)
+    for direction in ("down", "up"):
+        out = resample_video(layout(video), direction)
+        expected = F.avg_pool3d(video, (1, 2, 2)) if direction == "down" else F.interpolate(video, scale_factor=(1, 2, 2))
+        assert torch.allclose(out, expected, atol=1e-6) and out.stride() == layout(out).stride()
+    joined = cat_channels(layout(audio), layout(audio))
+    assert torch.equal(joined, torch.cat([audio, audio], 1)) and joined.stride() == layout(joined).stride()
 
 
 def _reference_cross_attention(layer: CrossModalAttention, video, audio, shift):
