@@ -73,7 +73,9 @@ def test_conditioning_steers_the_other_modality(pipe):
     assert not torch.allclose(quiet.frames, loud.frames, atol=1e-3)
     replacement = pipe(audio=_tone(0.128, 16000), sample_rate=16000, num_inference_steps=4, generator=generator(),
                        output_type="latent", condition_method="guidance", guidance_scale=0.0)
-    assert torch.allclose(replacement.frames, loud.frames, rtol=1e-4, atol=1e-4)  # lambda 0 is replacement
+    # lambda 0 is replacement (the gradient pass runs the autograd kernels: equal up to rounding, relative to the
+    # large values random weights give)
+    assert (replacement.frames - loud.frames).abs().max() <= 1e-5 * loud.frames.abs().max()
 
 
 def test_guidance_coefficients_differ(pipe):
