@@ -142,9 +142,32 @@ def test_bfloat16_model_stays_close_to_float32():
     assert (low.audio.float() - reference.audio).abs().max() < 0.05 * reference.audio.abs().max()
 
 
-def test_forward_traces_as_one_graph():
+@pytest.mark.parametrize("grad", [True, False], ids=["training_layout", "inference_layout"])
+def test_forward_traces_as_one_graph(grad):
     model = CoupledUNet(**TINY, num_res_blocks=1).eval()
     video, audio = torch.randn(2, 4, 3, 16, 16), torch.randn(2, 1, 256)
     shifts = model.draw_window_shifts(2, torch.Generator().manual_seed(0))
-    explanation = torch._dynamo.explain(model)(video, audio, torch.tensor([1, 900]), window_shift=shifts)
+    with torch.set_grad_enabled(grad):
+        explanation = torch._dynamo.explain(model)(video, audio, torch.tensor([1, 900]), window_shift=shifts)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.parametrize(
+    "config",
+    [TINY, dict(TINY, num_frames=32, sample_size=8, audio_length=512)],
+    ids=["tiny", "frames_equal_channels"],
+)
+def test_inference_layout_gives_the_training_layout_outputs(config):
+    """Without autograd the model runs token-major, with it channels-first: same numbers either way
+    (also for the official GroupNorm quirk when the frame count equals the channel count)."""
+    torch.manual_seed(0)
+    model = CoupledUNet(**config).eval()
+    frames, size = config["num_frames"], config["sample_size"]
+    video, audio = torch.randn(2, frames, 3, size, size), torch.randn(2, 1, config["audio_length"])
+    shifts = model.draw_window_shifts(2, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        inference = model(video, audio, torch.tensor([3, 700]), window_shift=shifts)
+    training = model(video, audio, torch.tensor([3, 700]), window_shift=shifts)
+    assert torch.allclose(inference.video, training.video, atol=1e-5)
+    assert torch.allclose(inference.audio, training.audio, atol=1e-5)
+    assert inference.video.is_contiguous() and inference.audio.is_contiguous()
