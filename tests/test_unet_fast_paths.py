@@ -78,7 +78,10 @@ def test_layers_keep_the_layout_and_values(layout):
     video = torch.randn(2, 8, 3, 4, 6)
     for direction in ("down", "up"):
         out = resample_video(layout(video), direction)
-        expected = F.avg_pool3d(video, (1, 2, 2)) if direction == "down" else F.interpolate(video, scale_factor=(1, 2, 2))
+        if direction == "down":
+            expected = F.avg_pool3d(video, (1, 2, 2))
+        else:
+            expected = F.interpolate(video, scale_factor=(1, 2, 2))
         assert torch.allclose(out, expected, atol=1e-6) and out.stride() == layout(out).stride()
     joined = cat_channels(layout(audio), layout(audio))
     assert torch.equal(joined, torch.cat([audio, audio], 1)) and joined.stride() == layout(joined).stride()
@@ -107,8 +110,12 @@ def _reference_cross_attention(layer: CrossModalAttention, video, audio, shift):
             audio_cols = torch.cat([torch.arange(w * samples, (w + 1) * samples) for w in window])
             own_pixels = slice(f * pixels, (f + 1) * pixels)
             own_samples = slice(f * samples, (f + 1) * samples)
-            video_out[b, :, own_pixels] = attend(video_q[b, :, own_pixels], audio_k[b][:, audio_cols], audio_v[b][:, audio_cols])
-            audio_out[b, :, own_samples] = attend(audio_q[b, :, own_samples], video_k[b][:, video_cols], video_v[b][:, video_cols])
+            video_out[b, :, own_pixels] = attend(
+                video_q[b, :, own_pixels], audio_k[b][:, audio_cols], audio_v[b][:, audio_cols]
+            )
+            audio_out[b, :, own_samples] = attend(
+                audio_q[b, :, own_samples], video_k[b][:, video_cols], video_v[b][:, video_cols]
+            )
     video_out = F.conv1d(video_out, layer.video_to_out.weight.flatten(2), layer.video_to_out.bias)
     audio_out = F.conv1d(audio_out, layer.audio_to_out.weight, layer.audio_to_out.bias)
     return video + video_out.view_as(video), audio + audio_out
