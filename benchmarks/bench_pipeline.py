@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     if args.steps < 1 or args.sr_steps < 1 or args.runs < 1:
         parser.error("--steps, --sr-steps and --runs must be at least 1")
     if args.frames < 8:
-        parser.error(f"--frames must be at least 8 (the paper model's widest cross-attention window), got {args.frames}")
+        parser.error(f"--frames must be at least 8 (the paper model's widest cross-attention window), "
+                     f"got {args.frames}")
     if args.threads:
         torch.set_num_threads(args.threads)
     from diffusers.utils import logging as diffusers_logging

@@ -16,9 +16,14 @@ in turn (rotating the order) so that machine load drifts hit them alike; ratios 
 same run. Memory is measured in a fresh process per variant: "above loaded" is the peak resident
 memory during the first call minus what the process held with the model loaded (activations,
 workspace, caches), "process peak" the process's highest resident memory overall.
+
+On a CPU shared with other work use ``--threads 1`` or ``--omp-wait-policy passive``: with the default
+OpenMP policy every parallel region waits for a thread that the other work has descheduled, and both
+models run 10-20x slower than with one thread.
 """
 
 import argparse
+import contextlib
 import gc
 import os
 import random
@@ -132,8 +137,6 @@ def build_ours(flags: dict, official_state=None) -> torch.nn.Module:
 
 def prepare_variant(model: torch.nn.Module, variant: str):
     """The model and the call context of a variant of ours."""
-    import contextlib
-
     options = variant.split(":")[1:]
     context = contextlib.nullcontext
     for option in options:
@@ -239,8 +242,6 @@ def speed_child(task: dict) -> dict:
         models[variant] = prepare_variant(copy, variant)
     for model, _ in models.values():
         model.train(train)
-    import contextlib
-
     contexts = {name: context or contextlib.nullcontext for name, (_, context) in models.items()}
     parameters = sum(p.numel() for p in base.parameters())
 
@@ -287,12 +288,13 @@ def speed_child(task: dict) -> dict:
 
     times = {name: [] for name in models}
     names = list(models)
+    windows = shifted_windows(flags)
     for iteration in range(task["warmup"] + task["runs"]):
         order = names[iteration % len(names):] + names[: iteration % len(names)]
         for name in order:
             model, _ = models[name]
-            shifts = torch.stack([torch.randint(0, frames - w + 1, (batch,)) for w in shifted_windows(flags)], 1) \
-                if shifted_windows(flags) else None
+            # Fresh random shifts per call, drawn outside the timed call (as the pipeline does).
+            shifts = torch.stack([torch.randint(0, frames - w + 1, (batch,)) for w in windows], 1) if windows else None
             model.zero_grad(set_to_none=True)
             elapsed = time_call(lambda: call(name, model, contexts[name], inputs, shifts, train))
             if iteration >= task["warmup"]:
@@ -312,8 +314,6 @@ def memory_child(task: dict) -> dict:
     else:
         model, context = prepare_variant(build_ours(flags), variant)
     model.train(train)
-    import contextlib
-
     context = context or contextlib.nullcontext
     inputs = make_inputs(flags, task["batch"])
     shifts = draw_shifts(flags, task["batch"], 0) if shifted_windows(flags) else None
@@ -361,7 +361,8 @@ def report(config: str, args, variants) -> None:
         reference = "official" if "official" in memory else variants[0]
         for name, result in memory.items():
             line = (f"   memory {name:<21} above loaded {format_mib(result['above_loaded']):>11}   "
-                    f"process peak {format_mib(result['process_peak']):>11}   loaded {format_mib(result['loaded']):>11}")
+                    f"process peak {format_mib(result['process_peak']):>11}   "
+                    f"loaded {format_mib(result['loaded']):>11}")
             if name != reference:
                 line += (f"   x{result['above_loaded'] / memory[reference]['above_loaded']:.3f} above loaded, "
                          f"x{result['process_peak'] / memory[reference]['process_peak']:.3f} peak of {reference}")
@@ -390,7 +391,9 @@ def main(argv=None) -> int:
         parser.error(f"--official-repo {args.official_repo} does not hold mm_diffusion/multimodal_unet.py")
     if args.runs < 1 or args.warmup < 0:
         parser.error("--runs must be at least 1 and --warmup at least 0")
-    variants = (["official"] if args.official_repo else []) + [v for v in args.variants if v != "official"]
+    # Float32 "ours" always runs: it is the reference of the other variants when there is no official model.
+    variants = (["official"] if args.official_repo else []) + ["ours"]
+    variants += [v for v in args.variants if v not in variants]
     for config in args.config:
         report(config, args, variants)
     return 0

@@ -229,17 +229,22 @@ class CoupledResBlock(nn.Module):
         # The two halves of the 2D+1D convolution are called here so that the normalised input (the widest
         # activation of a decoder block) is released before the temporal half runs.
         video_h = self.video_conv1.spatial(_silu(video_group_norm(video, self.video_norm1)))
+        if self.resample == "down":
+            # Spatial pooling commutes with the temporal convolution: pool first, convolve a quarter of the pixels.
+            video_h, video = resample_video(video_h, "down"), resample_video(video, "down")
         video_h = self.video_conv1.temporal(video_h)
         audio_h = self.audio_conv1(_silu(group_norm(audio, self.audio_norm1)))
+        if self.resample == "down":
+            audio_h, audio = resample_audio(audio_h, "down"), resample_audio(audio, "down")
         # Nearest upsampling commutes with the rest of the block: GroupNorm statistics of a nearest-upsampled
         # tensor are the original's, and the modulation, SiLU, 1x1 convolutions and the residual sum act per
         # position. So an upsampling block finishes at the low resolution and upsamples its output once (4x
         # less work and memory after the first convolution). Not with active dropout, whose mask would then
         # be shared by the copies of each position.
         upsample_output = self.resample == "up" and not (self.training and self.dropout.p > 0)
-        if not upsample_output:
-            video_h, video = resample_video(video_h, self.resample), resample_video(video, self.resample)
-            audio_h, audio = resample_audio(audio_h, self.resample), resample_audio(audio, self.resample)
+        if self.resample == "up" and not upsample_output:
+            video_h, video = resample_video(video_h, "up"), resample_video(video, "up")
+            audio_h, audio = resample_audio(audio_h, "up"), resample_audio(audio, "up")
 
         emb = self.time_emb_proj(F.silu(temb)).to(video.dtype)
         if self.use_scale_shift_norm:

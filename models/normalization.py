@@ -1,12 +1,9 @@
-"""GroupNorm variants of the coupled U-Net, all computed in float32 as the official model does.
+"""GroupNorm variants of the coupled U-Net, with float32 statistics and arithmetic as in the official model.
 
-Where a normalisation is followed by a per-sample scale and shift (the timestep conditioning) or has
-statistics over a subset of axes (per frame, per pixel), the statistics are taken in one pass and the
-whole affine map is applied in one more (``x * a + b``), instead of a chain of elementwise passes over
-the activation. That is how PyTorch's own GroupNorm kernel applies its affine map too.
+All of them keep the input's memory layout (channels-first or token-major, see `layers.py`) and call
+PyTorch's fused GroupNorm kernel: per-frame and per-pixel statistics by moving the sequences into the
+batch axis, the timestep modulation as one fused pass after it.
 """
-
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +40,9 @@ def video_group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     return group_norm(x, norm)
 
 
-def modulated_group_norm(x: torch.Tensor, norm: nn.GroupNorm, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def modulated_group_norm(
+    x: torch.Tensor, norm: nn.GroupNorm, scale: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
     """``norm(x) * (1 + scale) + shift`` for ``[B, C, ...]`` (video with the official ``F == C`` quirk),
     ``scale``/``shift`` of shape ``[B, C]``. The modulation is one fused pass (``addcmul``)."""
     spread = (1,) * (x.ndim - 2)
@@ -59,13 +58,13 @@ def framewise_norm_tokens(video: torch.Tensor, norm: nn.GroupNorm, axis: str) ->
     The sequences are moved into the batch axis so that PyTorch's fused GroupNorm computes the
     statistics (for token-major video, the frames without a copy)."""
     batch, channels, frames, height, width = video.shape
-    token_major = video.stride(1) == 1
     if axis == "spatial":
         sequences = video.transpose(1, 2).reshape(batch * frames, channels, height, width)
         return group_norm(sequences, norm).permute(0, 2, 3, 1).reshape(batch * frames, height * width, channels)
-    if token_major:
+    if video.stride(1) == 1:  # token-major: [B * HW, F, C] in memory (explicitly: for a batch of one the
+        # reshape is a strided view), read as [B * HW, C, F]
         pixels = video.permute(0, 3, 4, 2, 1).reshape(batch * height * width, frames, channels)
-        sequences = pixels.contiguous().transpose(1, 2)  # (a strided view when the batch is one)
+        sequences = pixels.contiguous().transpose(1, 2)
     else:
         sequences = video.permute(0, 3, 4, 1, 2).reshape(batch * height * width, channels, frames)
     return group_norm(sequences, norm).transpose(1, 2)

@@ -78,7 +78,10 @@ def test_layers_keep_the_layout_and_values(layout):
     video = torch.randn(2, 8, 3, 4, 6)
     for direction in ("down", "up"):
         out = resample_video(layout(video), direction)
-        expected = F.avg_pool3d(video, (1, 2, 2)) if direction == "down" else F.interpolate(video, scale_factor=(1, 2, 2))
+        if direction == "down":
+            expected = F.avg_pool3d(video, (1, 2, 2))
+        else:
+            expected = F.interpolate(video, scale_factor=(1, 2, 2))
         assert torch.allclose(out, expected, atol=1e-6) and out.stride() == layout(out).stride()
     joined = cat_channels(layout(audio), layout(audio))
     assert torch.equal(joined, torch.cat([audio, audio], 1)) and joined.stride() == layout(joined).stride()
@@ -107,8 +110,12 @@ def _reference_cross_attention(layer: CrossModalAttention, video, audio, shift):
             audio_cols = torch.cat([torch.arange(w * samples, (w + 1) * samples) for w in window])
             own_pixels = slice(f * pixels, (f + 1) * pixels)
             own_samples = slice(f * samples, (f + 1) * samples)
-            video_out[b, :, own_pixels] = attend(video_q[b, :, own_pixels], audio_k[b][:, audio_cols], audio_v[b][:, audio_cols])
-            audio_out[b, :, own_samples] = attend(audio_q[b, :, own_samples], video_k[b][:, video_cols], video_v[b][:, video_cols])
+            video_out[b, :, own_pixels] = attend(
+                video_q[b, :, own_pixels], audio_k[b][:, audio_cols], audio_v[b][:, audio_cols]
+            )
+            audio_out[b, :, own_samples] = attend(
+                audio_q[b, :, own_samples], video_k[b][:, video_cols], video_v[b][:, video_cols]
+            )
     video_out = F.conv1d(video_out, layer.video_to_out.weight.flatten(2), layer.video_to_out.bias)
     audio_out = F.conv1d(audio_out, layer.audio_to_out.weight, layer.audio_to_out.bias)
     return video + video_out.view_as(video), audio + audio_out
@@ -142,9 +149,32 @@ def test_bfloat16_model_stays_close_to_float32():
     assert (low.audio.float() - reference.audio).abs().max() < 0.05 * reference.audio.abs().max()
 
 
-def test_forward_traces_as_one_graph():
+@pytest.mark.parametrize("grad", [True, False], ids=["training_layout", "inference_layout"])
+def test_forward_traces_as_one_graph(grad):
     model = CoupledUNet(**TINY, num_res_blocks=1).eval()
     video, audio = torch.randn(2, 4, 3, 16, 16), torch.randn(2, 1, 256)
     shifts = model.draw_window_shifts(2, torch.Generator().manual_seed(0))
-    explanation = torch._dynamo.explain(model)(video, audio, torch.tensor([1, 900]), window_shift=shifts)
+    with torch.set_grad_enabled(grad):
+        explanation = torch._dynamo.explain(model)(video, audio, torch.tensor([1, 900]), window_shift=shifts)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.parametrize(
+    "config",
+    [TINY, dict(TINY, num_frames=32, sample_size=8, audio_length=512)],
+    ids=["tiny", "frames_equal_channels"],
+)
+def test_inference_layout_gives_the_training_layout_outputs(config):
+    """Without autograd the model runs token-major, with it channels-first: same numbers either way
+    (also for the official GroupNorm quirk when the frame count equals the channel count)."""
+    torch.manual_seed(0)
+    model = CoupledUNet(**config).eval()
+    frames, size = config["num_frames"], config["sample_size"]
+    video, audio = torch.randn(2, frames, 3, size, size), torch.randn(2, 1, config["audio_length"])
+    shifts = model.draw_window_shifts(2, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        inference = model(video, audio, torch.tensor([3, 700]), window_shift=shifts)
+    training = model(video, audio, torch.tensor([3, 700]), window_shift=shifts)
+    assert torch.allclose(inference.video, training.video, atol=1e-5)
+    assert torch.allclose(inference.audio, training.audio, atol=1e-5)
+    assert inference.video.is_contiguous() and inference.audio.is_contiguous()
