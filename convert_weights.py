@@ -254,13 +254,12 @@ def infer_coupled_flags(state_dict: Dict[str, torch.Tensor]) -> dict:
     num_res_blocks = upsampling[0] if upsampling else len(outputs) - 1
     num_levels = len(outputs) // (num_res_blocks + 1)
 
-    inputs = [index for index in _block_indices(state_dict, "input_blocks") if index > 0]
     mults, video_attention, audio_attention, cross_attention = [], [], [], []
     scale_shift = False
     for level in range(num_levels):
         first = 1 + level * (num_res_blocks + 1)
         prefix = f"input_blocks.{first}.0"
-        if f"{prefix}.video_out_layers.3.video_conv.weight" not in state_dict or first not in inputs:
+        if f"{prefix}.video_out_layers.3.video_conv.weight" not in state_dict:
             break
         width = state_dict[f"{prefix}.video_out_layers.3.video_conv.weight"].shape[0]
         mult = width / model_channels
@@ -286,7 +285,6 @@ def infer_coupled_flags(state_dict: Dict[str, torch.Tensor]) -> dict:
         "audio_attention_resolutions": audio_attention or [-1],
         "cross_attention_resolutions": cross_attention,
         "resblock_updown": bool(upsampling) or num_levels == 1,
-        "mid_cross_attention": _is_cross_attention(state_dict, "middle_blocks.1"),
     }
 
 
@@ -695,18 +693,16 @@ def resolve_flags(args: argparse.Namespace, inferred: dict, log=print) -> dict:
     return {**_official_defaults(ALL_FLAGS), **inferred, **base, **explicit}
 
 
-def coupled_flags(flags: dict, state_dict: dict) -> dict:
-    """Complete the coupled model's flags with what its state dict shows, and check the middle block."""
-    flags = dict(flags)
-    inferred = infer_coupled_flags(state_dict)
-    video_size, audio_size = list(flags["video_size"]), list(flags["audio_size"])
+def check_coupled_flags(flags: dict, state_dict: dict) -> None:
+    """Check what the state dict's shapes cannot: the size flags' form and the middle block's cross-attention."""
+    video_size, audio_size = flags["video_size"], flags["audio_size"]
     if len(video_size) != 4 or len(audio_size) != 2:
         raise ConversionError(
             f"--video_size must be F,C,H,W and --audio_size C,L, got {_format_flag(video_size)} and "
             f"{_format_flag(audio_size)}"
         )
     windows_give_mid = list(flags["cross_attention_windows"]) == [1, 4, 8]
-    if windows_give_mid != inferred["mid_cross_attention"]:
+    if windows_give_mid != _is_cross_attention(state_dict, "middle_blocks.1"):
         raise ConversionError(
             f"--cross_attention_windows {_format_flag(flags['cross_attention_windows'])} "
             + ("gives" if windows_give_mid else "gives no")
@@ -715,7 +711,6 @@ def coupled_flags(flags: dict, state_dict: dict) -> dict:
                f"checkpoint has it (key middle_blocks.1.v_qkv.weight, shape "
                f"{list(state_dict['middle_blocks.1.v_qkv.weight'].shape)})")
         )
-    return flags
 
 
 def coupled_inferred_flags(state_dict) -> dict:
@@ -841,7 +836,8 @@ def convert(args: argparse.Namespace, log=print) -> Path:
 
     components = {}
     if coupled_state is not None:
-        components["unet"] = convert_coupled(coupled_state, coupled_flags(flags, coupled_state))
+        check_coupled_flags(flags, coupled_state)
+        components["unet"] = convert_coupled(coupled_state, flags)
         components["scheduler"] = MMDiffusionDPMSolverScheduler(
             **noise_schedule_config(flags["diffusion_steps"], flags["noise_schedule"])
         )
