@@ -159,11 +159,17 @@ def _architecture(args, defaults: dict) -> dict:
     return {name: defaults[name] if getattr(args, name) is None else getattr(args, name) for name in defaults}
 
 
-def _resume_checkpoint(args):
+def _resume_checkpoint(args, model_class, other_run: str, other_command: str):
+    """The latest checkpoint's info with `--resume`, refusing a run of the other model kind."""
     from .trainer import checkpoint_info, latest_checkpoint
 
     checkpoint = latest_checkpoint(args.output) if args.resume else None
-    return checkpoint_info(checkpoint) if checkpoint is not None else None
+    if checkpoint is None:
+        return None
+    info = checkpoint_info(checkpoint)
+    if not isinstance(info["model"], model_class):
+        raise CommandError(f"--output {args.output} holds a {other_run} run; continue it with {other_command}")
+    return info
 
 
 def _load_init(model_class, folder: Path, subfolder: str, **overrides):
@@ -278,10 +284,8 @@ def train_command(argv: Sequence[str]):
     args = train_parser().parse_args(argv)
     architecture = _architecture(args, COUPLED_ARCHITECTURE)
     torch.manual_seed(args.seed)  # the initial weights
-    resumed = _resume_checkpoint(args)
+    resumed = _resume_checkpoint(args, CoupledUNet, "super-resolution", "train-sr")
     if resumed is not None:
-        if not isinstance(resumed["model"], CoupledUNet):
-            raise CommandError(f"--output {args.output} holds a super-resolution run; continue it with train-sr")
         unet, frame_rate, sample_rate = resumed["model"], resumed["frame_rate"], resumed["sample_rate"]
     elif args.init is not None:
         unet = _load_init(CoupledUNet, args.init, "unet", dropout=args.dropout)
@@ -339,10 +343,8 @@ def train_sr_command(argv: Sequence[str]):
     args = train_sr_parser().parse_args(argv)
     architecture = _architecture(args, SR_ARCHITECTURE)
     torch.manual_seed(args.seed)  # the initial weights
-    resumed = _resume_checkpoint(args)
+    resumed = _resume_checkpoint(args, SuperResolutionUNet, "coupled-model", "train")
     if resumed is not None:
-        if not isinstance(resumed["model"], SuperResolutionUNet):
-            raise CommandError(f"--output {args.output} holds a coupled-model run; continue it with train")
         sr_unet = resumed["model"]
     elif args.init is not None:
         sr_unet = _load_init(SuperResolutionUNet, args.init, "sr_unet", dropout=args.dropout)
