@@ -358,11 +358,21 @@ class CoupledUNet(ModelMixin, ConfigMixin):
             return window_shift.to(device=device, dtype=torch.long)
         raise TypeError(f"window_shift must be None, an int, 'random' or a tensor, got {type(window_shift).__name__}")
 
-    def _check_inputs(self, video: torch.Tensor, audio: torch.Tensor):
+    @property
+    def video_shape(self) -> Tuple[int, int, int, int]:
+        """One video sample: `(frames, channels, height, width)`."""
         config = self.config
-        height, width = (config.sample_size,) * 2 if isinstance(config.sample_size, int) else config.sample_size
-        expected_video = (config.num_frames, config.video_channels, height, width)
-        expected_audio = (config.audio_channels, config.audio_length)
+        size = config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return (config.num_frames, config.video_channels, height, width)
+
+    @property
+    def audio_shape(self) -> Tuple[int, int]:
+        """One audio sample: `(channels, samples)`."""
+        return (self.config.audio_channels, self.config.audio_length)
+
+    def _check_inputs(self, video: torch.Tensor, audio: torch.Tensor):
+        expected_video, expected_audio = self.video_shape, self.audio_shape
         if video.ndim != 5 or tuple(video.shape[1:]) != expected_video:
             raise ValueError(f"video must have shape [B, {', '.join(map(str, expected_video))}], got {list(video.shape)}")
         if audio.ndim != 3 or tuple(audio.shape[1:]) != expected_audio or audio.shape[0] != video.shape[0]:

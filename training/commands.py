@@ -259,8 +259,7 @@ def _coupled_dataset(args, unet, frame_rate, sample_rate):
     from .sounding_shapes import SoundingShapesDataset
 
     config = unet.config
-    size = config.sample_size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    height, width = unet.video_shape[2:]
     if args.shapes is not None:
         if config.audio_channels != 1 or config.video_channels != 3:
             raise CommandError("sounding shapes are RGB video with mono audio; this model takes other channels")

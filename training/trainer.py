@@ -232,10 +232,7 @@ def _check_items(model, dataset: Dataset):
     item = dataset[0]
     config = model.config
     if isinstance(model, CoupledUNet):
-        size = config.sample_size
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        expected = {"video": (config.num_frames, config.video_channels, height, width),
-                    "audio": (config.audio_channels, config.audio_length)}
+        expected = {"video": model.video_shape, "audio": model.audio_shape}
     else:
         expected = {"high_res": (config.in_channels, config.sample_size, config.sample_size),
                     "low_res": (config.in_channels, config.low_res_size, config.low_res_size)}

@@ -109,14 +109,11 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
 
     @property
     def video_shape(self):
-        config = self.unet.config
-        size = config.sample_size
-        height, width = (size, size) if isinstance(size, int) else size
-        return (config.num_frames, config.video_channels, height, width)
+        return self.unet.video_shape
 
     @property
     def audio_shape(self):
-        return (self.unet.config.audio_channels, self.unet.config.audio_length)
+        return self.unet.audio_shape
 
     def check_inputs(
         self, batch_size, num_inference_steps, generator, video_latents, audio_latents, output_type,
