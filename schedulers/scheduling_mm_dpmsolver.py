@@ -36,7 +36,7 @@ class _Stage:
 
 
 class MMDiffusionDPMSolverScheduler(SchedulerMixin, ConfigMixin):
-    """Singlestep DPM-Solver for noise-prediction models, matching MM-Diffusion's official sampler.
+    """Singlestep DPM-Solver for noise- (or v-) prediction models, matching MM-Diffusion's official sampler.
 
     `timesteps` holds one entry per model evaluation, the intermediate points of the multi-stage
     updates included, so the ordinary loop
@@ -78,7 +78,9 @@ class MMDiffusionDPMSolverScheduler(SchedulerMixin, ConfigMixin):
             model evaluations equals `num_inference_steps` (for order 3 and 20 steps: six third-order
             updates, then one second-order update); `"singlestep_fixed"` uses only `solver_order`
             updates, ``num_inference_steps // solver_order`` of them.
-        prediction_type (`str`, defaults to `"epsilon"`): what the model predicts; only `"epsilon"`.
+        prediction_type (`str`, defaults to `"epsilon"`): what the model predicts: `"epsilon"` (the noise, as the
+            official models) or `"v_prediction"` (``alpha * noise - sigma * x0``), turned into the noise before
+            the update.
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
@@ -104,8 +106,8 @@ class MMDiffusionDPMSolverScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"skip_type must be 'logSNR', 'time_uniform' or 'time_quadratic', got {skip_type!r}.")
         if method not in ("singlestep", "singlestep_fixed"):
             raise ValueError(f"method must be 'singlestep' or 'singlestep_fixed', got {method!r}.")
-        if prediction_type != "epsilon":
-            raise ValueError(f"prediction_type must be 'epsilon' (a noise-prediction model), got {prediction_type!r}.")
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}.")
 
         betas = self._betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         # float64 products cast to float32, as the official script hands its numpy schedule to the solver.
@@ -315,7 +317,8 @@ class MMDiffusionDPMSolverScheduler(SchedulerMixin, ConfigMixin):
         """Advance the solver by one model evaluation.
 
         Args:
-            model_output (`torch.Tensor`): the predicted noise for `sample`, same shape (any rank, batch first).
+            model_output (`torch.Tensor`): the model's prediction (noise, or v) for `sample`, same shape (any rank,
+                batch first).
             timestep (`int` or `torch.Tensor`): the entry of `timesteps` the model was evaluated at.
             sample (`torch.Tensor`): the sample the model was evaluated on.
             generator (`torch.Generator`, *optional*): unused; the solver is deterministic.
@@ -349,10 +352,14 @@ class MMDiffusionDPMSolverScheduler(SchedulerMixin, ConfigMixin):
         stage = self._stages[self._step_index]
         # Solver arithmetic in float32 at least, whatever precision the model runs in.
         dtype = torch.promote_types(sample.dtype, torch.float32)
+        noise = model_output.to(dtype)
+        if self.config.prediction_type == "v_prediction":
+            alpha, sigma = self.sample_alphas[self._step_index], self.sample_sigmas[self._step_index]
+            noise = alpha.to(sample.device) * noise + sigma.to(sample.device) * sample.to(dtype)
         if stage.starts_update:
             self._update_start_sample = sample.to(dtype)
             self._update_model_outputs = []
-        self._update_model_outputs.append(model_output.to(dtype))
+        self._update_model_outputs.append(noise)
 
         device = sample.device
         start, outputs = self._update_start_sample, self._update_model_outputs

@@ -109,6 +109,22 @@ def test_more_accurate_than_ddim_and_lower_orders_at_same_cost(x_start):
     assert errors[3] < ddim_error / 10
 
 
+def test_v_prediction_follows_the_same_path_as_the_equivalent_noise_prediction(x_start):
+    _, exact = relative_error_vs_exact(3, 20, x_start)
+    scheduler = MMDiffusionDPMSolverScheduler(prediction_type="v_prediction")
+    scheduler.set_timesteps(20)
+    x = x_start
+    for t in scheduler.timesteps:
+        alpha, sigma = scheduler.noise_level
+        eps = gaussian_eps(x, alpha, sigma)
+        x0 = (x - sigma * eps) / alpha
+        x = scheduler.step(alpha * eps - sigma * x0, t, x).prev_sample
+    assert ((x - exact).abs().max() / exact.abs().max()).item() < 1e-2
+    noise_scheduler = MMDiffusionDPMSolverScheduler()
+    noise_scheduler.set_timesteps(20)
+    torch.testing.assert_close(x, solve_gaussian(noise_scheduler, x_start), rtol=1e-6, atol=1e-6)
+
+
 def test_step_works_for_any_rank():
     values = torch.randn(2, 48, generator=torch.Generator().manual_seed(1))
     results = []
@@ -172,7 +188,7 @@ def test_config_round_trips_with_diffusers_schedulers(tmp_path):
 
 def test_bad_input_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="prediction_type"):
-        MMDiffusionDPMSolverScheduler(prediction_type="v_prediction")
+        MMDiffusionDPMSolverScheduler(prediction_type="sample")
     with pytest.raises(ValueError, match="solver_order"):
         MMDiffusionDPMSolverScheduler(solver_order=4)
     scheduler = MMDiffusionDPMSolverScheduler()

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
 from mmdiffusion import CoupledUNet, MMDiffusionPipeline, MMDiffusionSRPipeline, SuperResolutionUNet, export_to_video
@@ -153,16 +154,53 @@ def test_variational_bound_vanishes_for_the_true_posterior():
     timesteps = torch.tensor([1, 300, 999])
     x_t = diffusion.add_noise(x_start, noise, timesteps)
     # The true noise and variance value -1 (the posterior variance) give the true posterior: KL 0.
-    exact = diffusion.noise_prediction_loss(torch.cat([noise, -torch.ones_like(noise)], 1), x_start, x_t, noise,
+    exact = diffusion.prediction_loss(torch.cat([noise, -torch.ones_like(noise)], 1), x_start, x_t, noise,
                                             timesteps)
     assert exact["vb"].abs().max() < 1e-4 and exact["mse"].abs().max() == 0
-    widest = diffusion.noise_prediction_loss(torch.cat([noise, torch.ones_like(noise)], 1), x_start, x_t, noise,
+    widest = diffusion.prediction_loss(torch.cat([noise, torch.ones_like(noise)], 1), x_start, x_t, noise,
                                              timesteps)
     # At t = 1 the posterior variance is far below beta_1: choosing beta costs (later on the two nearly agree).
     assert widest["vb"][0] > 0.1
     assert torch.allclose(widest["loss"], widest["mse"] + widest["vb"])
-    noise_only = diffusion.noise_prediction_loss(noise, x_start, x_t, noise, timesteps)
+    noise_only = diffusion.prediction_loss(noise, x_start, x_t, noise, timesteps)
     assert "vb" not in noise_only
+
+
+def test_v_prediction_target_is_diffusers_velocity_and_gives_back_the_noise():
+    diffusion = GaussianDiffusion(prediction_type="v_prediction")
+    torch.manual_seed(0)
+    x_start, noise = torch.rand(3, 3, 8, 8) * 2 - 1, torch.randn(3, 3, 8, 8)
+    timesteps = torch.tensor([1, 500, 999])
+    x_t = diffusion.add_noise(x_start, noise, timesteps)
+    velocity = diffusion.target(x_start, noise, timesteps)
+    reference = DDPMScheduler(beta_schedule="linear").get_velocity(x_start, noise, timesteps)
+    torch.testing.assert_close(velocity, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(diffusion.noise_from_prediction(velocity, x_t, timesteps), noise, rtol=1e-4, atol=1e-4)
+    # The true v and the posterior variance give a zero loss, as the true noise does for an epsilon model.
+    exact = diffusion.prediction_loss(torch.cat([velocity, -torch.ones_like(noise)], 1), x_start, x_t, noise, timesteps)
+    assert exact["mse"].abs().max() == 0 and exact["vb"].abs().max() < 1e-3
+    with pytest.raises(ValueError, match="prediction_type must be one of epsilon, v_prediction"):
+        GaussianDiffusion(prediction_type="sample")
+
+
+def test_v_prediction_run_writes_its_target_into_the_schedulers_and_resumes_only_with_it(tmp_path, capsys):
+    out = tmp_path / "v"
+    assert train_main([*TINY_FLAGS, "-o", str(out), "--max-steps", "1", "--prediction-type", "v_prediction"]) == 0
+    pipe = MMDiffusionPipeline.from_pretrained(out / "pipeline")
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    # Resuming keeps the run's target without the flag, and refuses another one.
+    assert train_main(["--shapes", "4", "--batch-size", "2", "--no-progress", "-o", str(out), "--max-steps", "2",
+                       "--resume"]) == 0
+    assert MMDiffusionPipeline.from_pretrained(out / "pipeline").scheduler.config.prediction_type == "v_prediction"
+    capsys.readouterr()
+    assert train_main(["--shapes", "4", "--batch-size", "2", "--no-progress", "-o", str(out), "--max-steps", "3",
+                       "--resume", "--prediction-type", "epsilon"]) == 2
+    assert "trained with prediction_type 'v_prediction'" in capsys.readouterr().err
+    # Fine-tuning from the folder keeps its target too.
+    assert train_main(["--shapes", "4", "--batch-size", "2", "--no-progress", "--init", str(out / "pipeline"),
+                       "-o", str(tmp_path / "tuned"), "--max-steps", "1"]) == 0
+    tuned = MMDiffusionPipeline.from_pretrained(tmp_path / "tuned" / "pipeline")
+    assert tuned.scheduler.config.prediction_type == "v_prediction"
 
 
 def test_sr_loss_trains_the_variance_channels_only_through_the_bound():

@@ -1,5 +1,8 @@
 """Training objectives of MM-Diffusion: ε-prediction on the official linear schedule, with the
 variational-bound term of improved DDPM (Nichol & Dhariwal, 2021) for models that learn their variance.
+v-prediction (Salimans & Ho, 2022) is offered as an alternative target: the official ε target asks a model
+to reproduce the noise to within sqrt(ᾱ_t) before its clean-sample estimate at the noisiest steps means
+anything, which a small model trained briefly does not reach; v keeps that estimate well conditioned.
 
 The official code sums the modalities: the loss of a sample is the mean squared error over its video
 plus the mean squared error over its audio (and, for learned variances, each modality's bound term),
@@ -17,6 +20,9 @@ LINEAR_BETA_END = 0.02
 
 # Half of one 8-bit level in [-1, 1]: the bin width of the discretised decoder likelihood at t = 0.
 _HALF_BIN = 1.0 / 255.0
+
+# What a model's output means; the names of diffusers' schedulers' `prediction_type`.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def noise_schedule_config(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> dict:
@@ -70,11 +76,16 @@ class GaussianDiffusion:
     Args:
         num_train_timesteps: length of the official linear schedule (β from 1e-4 to 0.02, scaled by
             1000 / steps). Quantities are kept in float64, as the official code does.
+        prediction_type: the model's target: "epsilon" (the noise, official) or "v_prediction"
+            (v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0).
     """
 
-    def __init__(self, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS):
+    def __init__(self, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, prediction_type: str = "epsilon"):
         if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be an integer of at least 2, got {num_train_timesteps!r}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+        self.prediction_type = prediction_type
         config = noise_schedule_config(num_train_timesteps)
         betas = torch.linspace(config["beta_start"], config["beta_end"], num_train_timesteps, dtype=torch.float64)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
@@ -106,6 +117,20 @@ class GaussianDiffusion:
         return (self._at(self.sqrt_alphas_cumprod, timesteps, x_start) * x_start
                 + self._at(self.sqrt_one_minus_alphas_cumprod, timesteps, x_start) * noise)
 
+    def target(self, x_start: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the model learns to output for x_t made from `x_start` and `noise`."""
+        if self.prediction_type == "epsilon":
+            return noise
+        return (self._at(self.sqrt_alphas_cumprod, timesteps, x_start) * noise
+                - self._at(self.sqrt_one_minus_alphas_cumprod, timesteps, x_start) * x_start)
+
+    def noise_from_prediction(self, prediction: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor):
+        """The noise a model output stands for (ε = sqrt(ᾱ_t) v + sqrt(1 - ᾱ_t) x_t for v-prediction)."""
+        if self.prediction_type == "epsilon":
+            return prediction
+        return (self._at(self.sqrt_alphas_cumprod, timesteps, x_t) * prediction
+                + self._at(self.sqrt_one_minus_alphas_cumprod, timesteps, x_t) * x_t)
+
     def variational_bound(self, noise_prediction, variance_values, x_start, x_t, timesteps) -> torch.Tensor:
         """Per-sample bound term (bits per dimension) that trains the variance only: KL between the true
         posterior q(x_{t-1} | x_t, x_0) and the model's p(x_{t-1} | x_t), or the decoder NLL at t = 0. The
@@ -125,10 +150,10 @@ class GaussianDiffusion:
         ) / math.log(2.0)
         return torch.where(timesteps == 0, decoder_nll, kl)
 
-    def noise_prediction_loss(
+    def prediction_loss(
         self, model_output, x_start, x_t, noise, timesteps, channel_dim: int = 1
     ) -> Dict[str, torch.Tensor]:
-        """Per-sample losses of one modality: `mse` (ε-prediction) and, when `model_output` carries twice the
+        """Per-sample losses of one modality: `mse` (of the `target`) and, when `model_output` carries twice the
         channels of `x_start` (learned variance), `vb` (see `variational_bound`); `loss` is their sum.
         Computed in float32 whatever the model's precision."""
         model_output, x_start, x_t, noise = (tensor.float() for tensor in (model_output, x_start, x_t, noise))
@@ -141,8 +166,9 @@ class GaussianDiffusion:
         terms = {}
         if model_output.shape[channel_dim] == 2 * channels:
             model_output, variance_values = model_output.split(channels, dim=channel_dim)
-            terms["vb"] = self.variational_bound(model_output.detach(), variance_values, x_start, x_t, timesteps)
-        terms["mse"] = _mean_per_sample((model_output - noise) ** 2)
+            predicted_noise = self.noise_from_prediction(model_output.detach(), x_t, timesteps)
+            terms["vb"] = self.variational_bound(predicted_noise, variance_values, x_start, x_t, timesteps)
+        terms["mse"] = _mean_per_sample((model_output - self.target(x_start, noise, timesteps)) ** 2)
         terms["loss"] = terms["mse"] + terms.get("vb", 0.0)
         return terms
 
@@ -151,7 +177,8 @@ def coupled_training_loss(
     unet, batch: Dict[str, torch.Tensor], diffusion: GaussianDiffusion, window_shift: bool = True
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """The official audio-video loss of one batch `{"video": [B, F, C, H, W], "audio": [B, C, T]}` in [-1, 1]:
-    uniform timesteps, one noise per modality, per-sample video loss + audio loss, mean over the batch. With
+    uniform timesteps, one noise per modality, per-sample video loss + audio loss (on `diffusion`'s target),
+    mean over the batch. With
     `window_shift`, every sample gets its own random RS-MMA window shifts. Returns the loss and its terms
     (batch means) for logging."""
     video, audio = batch["video"], batch["audio"]
@@ -164,8 +191,8 @@ def coupled_training_loss(
     shifts = model.draw_window_shifts(batch_size, device=video.device) if window_shift else None
     # Tuples, not output dataclasses: accelerate's mixed-precision wrapper rebuilds outputs field by field.
     video_output, audio_output = unet(video_t, audio_t, timesteps, window_shift=shifts, return_dict=False)
-    video_terms = diffusion.noise_prediction_loss(video_output, video, video_t, video_noise, timesteps, channel_dim=2)
-    audio_terms = diffusion.noise_prediction_loss(audio_output, audio, audio_t, audio_noise, timesteps, channel_dim=1)
+    video_terms = diffusion.prediction_loss(video_output, video, video_t, video_noise, timesteps, channel_dim=2)
+    audio_terms = diffusion.prediction_loss(audio_output, audio, audio_t, audio_noise, timesteps, channel_dim=1)
     loss = (video_terms["loss"] + audio_terms["loss"]).mean()
     logs = {f"{name}_video": value.mean().item() for name, value in video_terms.items() if name != "loss"}
     logs.update({f"{name}_audio": value.mean().item() for name, value in audio_terms.items() if name != "loss"})
@@ -176,11 +203,11 @@ def sr_training_loss(
     sr_unet, batch: Dict[str, torch.Tensor], diffusion: GaussianDiffusion
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """The official super-resolution loss of one batch `{"high_res": [B, C, H, W], "low_res": [B, C, h, w]}`
-    in [-1, 1]: ε-prediction MSE plus, for a learned variance, the bound term ("hybrid" loss)."""
+    in [-1, 1]: the target's MSE plus, for a learned variance, the bound term ("hybrid" loss)."""
     high_res, low_res = batch["high_res"], batch["low_res"]
     timesteps = diffusion.sample_timesteps(high_res.shape[0], device=high_res.device)
     noise = torch.randn_like(high_res)
     noisy = diffusion.add_noise(high_res, noise, timesteps)
     (output,) = sr_unet(noisy, timesteps, low_res=low_res, return_dict=False)
-    terms = diffusion.noise_prediction_loss(output, high_res, noisy, noise, timesteps, channel_dim=1)
+    terms = diffusion.prediction_loss(output, high_res, noisy, noise, timesteps, channel_dim=1)
     return terms["loss"].mean(), {name: value.mean().item() for name, value in terms.items() if name != "loss"}

@@ -1,7 +1,7 @@
 """Training the coupled audio-video U-Net and the super-resolution U-Net with the official recipe, on accelerate.
 
 The recipe (official `multimodal_train.py` / `image_sr_train.py`): the linear 1000-step β schedule, uniform
-timesteps, ε-prediction MSE (summed over video and audio for the coupled model; plus the variational-bound
+timesteps, ε-prediction MSE (v-prediction on request) (summed over video and audio for the coupled model; plus the variational-bound
 term for learned variances), AdamW at 1e-4 without weight decay, an exponential moving average of the
 weights, and random RS-MMA window shifts. The EMA is diffusers' `EMAModel`; its decay ramps up to
 `ema_decay` (by default with the `1 - (1 + step / inv_gamma) ** -power` warm-up), where the official code
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..file_utils import atomic_directory
 from ..models.coupled_unet import CoupledUNet
 from ..models.sr_unet import SuperResolutionUNet
-from .losses import GaussianDiffusion, coupled_training_loss, noise_schedule_config, sr_training_loss
+from .losses import PREDICTION_TYPES, GaussianDiffusion, coupled_training_loss, noise_schedule_config, sr_training_loss
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard")
@@ -73,6 +73,8 @@ class TrainingOptions:
         num_workers: DataLoader worker processes (decoding runs there).
         report_to: "none" or "tensorboard" (accelerate's tracker, logging to `output_dir/logs`).
         window_shift: random RS-MMA window shifts (coupled model; official: on).
+        prediction_type: the model's target, "epsilon" (official) or "v_prediction"; it goes into the written
+            pipeline's scheduler config, and a resumed run keeps its checkpoint's.
         progress_bar: show a tqdm bar with the loss and steps per second.
     """
 
@@ -96,6 +98,7 @@ class TrainingOptions:
     num_workers: int = 0
     report_to: str = "none"
     window_shift: bool = True
+    prediction_type: str = "epsilon"
     progress_bar: bool = True
 
     def __post_init__(self):
@@ -115,6 +118,10 @@ class TrainingOptions:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(
                 f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
+            )
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}"
             )
         if self.report_to not in REPORT_TO:
             raise ValueError(f"report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
@@ -142,7 +149,8 @@ class TrainingResult:
 
 
 def write_coupled_pipeline(
-    unet: CoupledUNet, path: PathLike, *, frame_rate: float, sample_rate: int, force: bool = False
+    unet: CoupledUNet, path: PathLike, *, frame_rate: float, sample_rate: int, prediction_type: str = "epsilon",
+    force: bool = False,
 ) -> Path:
     """Write `unet` as an `MMDiffusionPipeline` folder with the official DPM-Solver scheduler (atomically)."""
     from ..pipelines.mm_diffusion import MMDiffusionPipeline
@@ -150,7 +158,7 @@ def write_coupled_pipeline(
 
     pipeline = MMDiffusionPipeline(
         unet=unet,
-        scheduler=MMDiffusionDPMSolverScheduler(**noise_schedule_config()),
+        scheduler=MMDiffusionDPMSolverScheduler(**noise_schedule_config(), prediction_type=prediction_type),
         frame_rate=frame_rate,
         sample_rate=sample_rate,
     )
@@ -159,12 +167,14 @@ def write_coupled_pipeline(
     return Path(path)
 
 
-def write_sr_pipeline(sr_unet: SuperResolutionUNet, path: PathLike, *, force: bool = False) -> Path:
+def write_sr_pipeline(
+    sr_unet: SuperResolutionUNet, path: PathLike, *, prediction_type: str = "epsilon", force: bool = False
+) -> Path:
     """Write `sr_unet` as an `MMDiffusionSRPipeline` folder (sr_unet/ + the official DDIM sr_scheduler/)."""
     from ..pipelines.mm_diffusion import MMDiffusionSRPipeline
     from ..pipelines.mm_diffusion.pipeline_mm_diffusion_sr import official_ddim_scheduler
 
-    pipeline = MMDiffusionSRPipeline(sr_unet=sr_unet, sr_scheduler=official_ddim_scheduler())
+    pipeline = MMDiffusionSRPipeline(sr_unet=sr_unet, sr_scheduler=official_ddim_scheduler(prediction_type=prediction_type))
     with atomic_directory(path, force=force) as temporary:
         pipeline.save_pretrained(temporary, safe_serialization=True)
     return Path(path)
@@ -193,7 +203,7 @@ def _training_state(checkpoint: Path) -> dict:
 
 def checkpoint_info(checkpoint: PathLike) -> dict:
     """`{"step", "model" (the model, freshly initialised from the checkpoint's config), "frame_rate",
-    "sample_rate"}` of a checkpoint folder; the rates are None for a super-resolution run."""
+    "sample_rate", "prediction_type"}` of a checkpoint folder; the rates are None for a super-resolution run."""
     checkpoint = Path(checkpoint)
     state = _training_state(checkpoint)
     model_class = {cls.__name__: cls for cls in (CoupledUNet, SuperResolutionUNet)}[state["model_class"]]
@@ -203,6 +213,7 @@ def checkpoint_info(checkpoint: PathLike) -> dict:
         "model": model_class.from_config(config),
         "frame_rate": state.get("frame_rate"),
         "sample_rate": state.get("sample_rate"),
+        "prediction_type": state.get("options", {}).get("prediction_type", "epsilon"),
     }
 
 
@@ -243,7 +254,7 @@ def _check_items(model, dataset: Dataset):
 
 
 def _loss_function(model, options: TrainingOptions) -> Callable:
-    diffusion = GaussianDiffusion()
+    diffusion = GaussianDiffusion(prediction_type=options.prediction_type)
     if isinstance(model, CoupledUNet):
         return lambda prepared, batch: coupled_training_loss(prepared, batch, diffusion, options.window_shift)
     if isinstance(model, SuperResolutionUNet):
@@ -335,6 +346,12 @@ def train(
 
     global_step = 0
     if resume_from is not None:
+        trained_for = checkpoint_info(resume_from)["prediction_type"]
+        if trained_for != options.prediction_type:
+            raise ValueError(
+                f"{resume_from} was trained with prediction_type {trained_for!r}, not {options.prediction_type!r}; "
+                "resume it with the same target"
+            )
         global_step = _training_state(resume_from)["step"]
         accelerator.load_state(str(resume_from))
         ema.to(accelerator.device)  # the EMA's state loads onto the CPU
@@ -347,9 +364,10 @@ def train(
         ema.copy_to(averaged.parameters())
         path = options.output_dir / PIPELINE
         if is_coupled:
-            write_coupled_pipeline(averaged, path, frame_rate=frame_rate, sample_rate=sample_rate, force=True)
+            write_coupled_pipeline(averaged, path, frame_rate=frame_rate, sample_rate=sample_rate,
+                                   prediction_type=options.prediction_type, force=True)
         else:
-            write_sr_pipeline(averaged, path, force=True)
+            write_sr_pipeline(averaged, path, prediction_type=options.prediction_type, force=True)
 
     def save_checkpoint() -> Path:
         folder = options.output_dir / CHECKPOINTS

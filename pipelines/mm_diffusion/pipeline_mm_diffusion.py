@@ -81,7 +81,8 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
 
     Args:
         unet ([`CoupledUNet`]): The coupled audio-video denoiser.
-        scheduler ([`SchedulerMixin`]): Any diffusers scheduler for ε-prediction models; converted checkpoints
+        scheduler ([`SchedulerMixin`]): Any diffusers scheduler, configured with the model's training schedule and
+            `prediction_type` (ε for the official models, v for models trained with it); converted checkpoints
             default to [`MMDiffusionDPMSolverScheduler`] (the paper's sampler).
         sr_unet ([`SuperResolutionUNet`], *optional*): Frame super-resolution model.
         sr_scheduler ([`SchedulerMixin`], *optional*): Its scheduler (DDIM, 25 steps in the paper).
@@ -445,6 +446,8 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
         next_alpha, next_sigma = next_level
         scale, next_scale = torch.hypot(alpha, sigma), torch.hypot(next_alpha, next_sigma)
         alpha, sigma, next_alpha, next_sigma = alpha / scale, sigma / scale, next_alpha / next_scale, next_sigma / next_scale
+        if self.scheduler.config.get("prediction_type") == "v_prediction":
+            eps = alpha * eps + sigma * latents / scale
         predicted_x0 = (latents / scale - sigma * eps) / alpha
         predicted_next = next_alpha * predicted_x0 + next_sigma * eps
         target_next = next_alpha * condition + next_sigma * noise

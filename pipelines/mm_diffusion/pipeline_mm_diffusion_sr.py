@@ -21,11 +21,12 @@ FramesInput = Union[np.ndarray, torch.Tensor, List[PIL.Image.Image], List[List[P
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 
 
-def official_ddim_scheduler(num_train_timesteps: int = 1000) -> DDIMScheduler:
+def official_ddim_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "epsilon") -> DDIMScheduler:
     """
     The DDIM sampler of the official code: its linear β schedule (scaled by `1000 / num_train_timesteps`), x0 clipped
     to [-1, 1], respacing `ddimN` ("leading" spacing: the same steps whenever N divides `num_train_timesteps`), and
-    the last step going to ᾱ = 1. Step it with `use_clipped_model_output=True`, as this pipeline does.
+    the last step going to ᾱ = 1. Step it with `use_clipped_model_output=True`, as this pipeline does. The official
+    models predict the noise; `prediction_type="v_prediction"` serves models trained on v.
     """
     scale = 1000 / num_train_timesteps
     return DDIMScheduler(
@@ -37,7 +38,7 @@ def official_ddim_scheduler(num_train_timesteps: int = 1000) -> DDIMScheduler:
         clip_sample_range=1.0,
         set_alpha_to_one=True,
         steps_offset=0,
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
         timestep_spacing="leading",
     )
 
