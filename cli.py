@@ -149,6 +149,61 @@ def _generate(argv: Sequence[str]) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# combine
+
+
+def _combine_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmdiffusion combine",
+        description="Join an audio-video pipeline folder and a super-resolution one (each from `mmdiffusion train`, "
+                    "`train-sr` or `convert`) into one pipeline folder that generates and upscales.",
+    )
+    parser.add_argument("base", type=Path, help="pipeline folder with unet/ and scheduler/")
+    parser.add_argument("sr", type=Path, help="pipeline folder with sr_unet/ and sr_scheduler/")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the combined pipeline folder")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                        help="precision of the saved weights")
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    return parser
+
+
+def combine(base: Path, sr: Path, output: Path, dtype: str = "float32", force: bool = False) -> Path:
+    """Write `base`'s unet and scheduler with `sr`'s sr_unet and sr_scheduler as one `MMDiffusionPipeline` folder
+    (atomically: `output` is complete or untouched)."""
+    import torch
+
+    from .file_utils import atomic_directory, check_can_write
+    from .pipelines.mm_diffusion import MMDiffusionPipeline, MMDiffusionSRPipeline
+
+    check_can_write(output, force, expect_dir=True)
+    for folder, needs in ((base, "unet"), (sr, "sr_unet")):
+        index = folder / "model_index.json"
+        if not index.is_file():
+            raise FileNotFoundError(f"{folder} is not a pipeline folder (no model_index.json)")
+        if not (folder / needs).is_dir():
+            raise ValueError(f"{folder} has no {needs}/ model")
+    torch_dtype = getattr(torch, dtype)
+    upscaler = MMDiffusionSRPipeline.from_pretrained(sr, torch_dtype=torch_dtype)
+    pipeline = MMDiffusionPipeline.from_pretrained(
+        base, sr_unet=upscaler.sr_unet, sr_scheduler=upscaler.sr_scheduler, torch_dtype=torch_dtype
+    )
+    with atomic_directory(output, force=force) as temporary:
+        pipeline.save_pretrained(temporary, safe_serialization=True)
+    return output
+
+
+def _combine(argv: Sequence[str]) -> int:
+    args = _combine_parser().parse_args(argv)
+    try:
+        combine(args.base, args.sr, args.output, args.dtype, args.force)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
 # dispatch
 
 def _training_command(name: str) -> Callable[[Sequence[str]], int]:
@@ -163,6 +218,7 @@ def _training_command(name: str) -> Callable[[Sequence[str]], int]:
 COMMANDS: Dict[str, Callable[[Sequence[str]], int]] = {
     "generate": _generate,
     "convert": _convert,
+    "combine": _combine,
     "train": _training_command("train_main"),
     "train-sr": _training_command("train_sr_main"),
     "make-shapes": _training_command("make_shapes_main"),
@@ -172,6 +228,7 @@ COMMANDS: Dict[str, Callable[[Sequence[str]], int]] = {
 SUMMARIES = {
     "generate": "generate video with sound (or audio for a video, video for an audio) as mp4 + wav",
     "convert": "official .pt checkpoints -> diffusers folder of safetensors",
+    "combine": "join an audio-video pipeline folder and a super-resolution one into one",
     "train": "train or fine-tune the audio-video model (accelerate; EMA pipeline folder)",
     "train-sr": "train or fine-tune the frame super-resolution model",
     "make-shapes": "write sounding-shapes clips as mp4 with sound (toy training data)",

@@ -67,3 +67,29 @@ def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "mmdiffusion", "generate", "--help"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and "--scheduler" in result.stdout
+
+
+def test_combine_joins_the_two_stages_into_one_folder(converted_coupled_a, converted_sr_a, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    from mmdiffusion import MMDiffusionPipeline, MMDiffusionSRPipeline
+
+    out = tmp_path / "combined"
+    assert main(["combine", str(converted_coupled_a), str(converted_sr_a), "-o", str(out), "--dtype", "float16"]) == 0
+    pipe = MMDiffusionPipeline.from_pretrained(out)
+    assert pipe.sr_unet is not None and pipe.config.sample_rate == MMDiffusionPipeline.from_pretrained(
+        converted_coupled_a).config.sample_rate
+    assert pipe.sr_scheduler.config == MMDiffusionSRPipeline.from_pretrained(converted_sr_a).sr_scheduler.config
+    source = load_file(converted_sr_a / "sr_unet" / "diffusion_pytorch_model.safetensors")
+    saved = load_file(out / "sr_unet" / "diffusion_pytorch_model.safetensors")
+    assert all(saved[key].dtype == torch.float16 and torch.equal(saved[key], source[key].half()) for key in source)
+    unet = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(tensor.dtype == torch.float16 for tensor in unet.values())
+
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(["combine", str(converted_coupled_a), str(converted_sr_a), "-o", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert main(["combine", str(converted_coupled_a), str(converted_coupled_a), "-o", str(tmp_path / "x")]) == 2
+    assert "has no sr_unet/" in capsys.readouterr().err and not (tmp_path / "x").exists()
