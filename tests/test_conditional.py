@@ -126,3 +126,32 @@ def test_conditioning_errors(pipe, tmp_path):
         pipe(video=np.zeros((2, 2, 8, 16, 16, 3), np.float32), frame_rate=10)
     with pytest.raises(ValueError):
         pipe(audio=np.zeros((1, 0), np.float32), sample_rate=16000)
+
+
+@pytest.mark.parametrize("conditioned", ["audio", "video"])
+def test_guidance_gradient_of_a_v_model_equals_that_of_the_equivalent_noise_model(pipe, conditioned):
+    from mmdiffusion.models.coupled_unet import CoupledUNetOutput
+
+    torch.manual_seed(0)
+    video, audio = torch.randn(1, *pipe.video_shape), torch.randn(1, *pipe.audio_shape)
+    latents = video if conditioned == "video" else audio
+    condition, noise = torch.rand_like(latents) * 2 - 1, torch.randn_like(latents)
+    level, next_level = (torch.tensor(0.6), torch.tensor(0.8)), (torch.tensor(0.7), torch.tensor(0.7))
+    alpha, sigma = level
+    original = pipe.scheduler
+
+    def gradient(prediction_type):
+        target = (audio if conditioned == "video" else video).clone().requires_grad_(True)
+        eps = torch.tanh(latents + target.mean())  # any differentiable function of the generated modality
+        output = eps if prediction_type == "epsilon" else alpha * eps - sigma * (latents - sigma * eps) / alpha
+        other = torch.zeros(1)
+        prediction = CoupledUNetOutput(video=output if conditioned == "video" else other,
+                                       audio=output if conditioned == "audio" else other)
+        pipe.scheduler = DDIMScheduler.from_config(original.config, prediction_type=prediction_type)
+        try:
+            args = (video, target) if conditioned == "video" else (target, audio)
+            return pipe.guidance_gradient(prediction, conditioned, condition, noise, *args, level, next_level, target)
+        finally:
+            pipe.scheduler = original
+
+    torch.testing.assert_close(gradient("v_prediction"), gradient("epsilon"), rtol=1e-4, atol=1e-6)
