@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from mmdiffusion import CoupledUNet, MMDiffusionPipeline, MMDiffusionSRPipeline, SuperResolutionUNet, export_to_video
 from mmdiffusion import media
+from mmdiffusion.schedulers.scheduler_choices import SCHEDULER_CHOICES, make_scheduler
 from mmdiffusion.training.commands import make_shapes_main, train_main, train_sr_main, evaluate_alignment
 from mmdiffusion.training.datasets import SuperResolutionFrames, VideoFolderDataset
 from mmdiffusion.training.losses import GaussianDiffusion, coupled_training_loss, sr_training_loss
@@ -188,6 +189,12 @@ def test_v_prediction_run_writes_its_target_into_the_schedulers_and_resumes_only
     assert train_main([*TINY_FLAGS, "-o", str(out), "--max-steps", "1", "--prediction-type", "v_prediction"]) == 0
     pipe = MMDiffusionPipeline.from_pretrained(out / "pipeline")
     assert pipe.scheduler.config.prediction_type == "v_prediction"
+    pipe.set_progress_bar_config(disable=True)
+    for name in SCHEDULER_CHOICES:  # every named sampler reads the target from the folder's scheduler config
+        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
+        assert pipe.scheduler.config.prediction_type == "v_prediction", name
+        frames = pipe(num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").frames
+        assert torch.isfinite(frames).all(), name
     # Resuming keeps the run's target without the flag, and refuses another one.
     assert train_main(["--shapes", "4", "--batch-size", "2", "--no-progress", "-o", str(out), "--max-steps", "2",
                        "--resume"]) == 0
