@@ -1,6 +1,7 @@
 """`mmdiffusion <command>`: the command-line entry point (also `python -m mmdiffusion <command>`)."""
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -189,6 +190,11 @@ def combine(base: Path, sr: Path, output: Path, dtype: str = "float32", force: b
     )
     with atomic_directory(output, force=force) as temporary:
         pipeline.save_pretrained(temporary, safe_serialization=True)
+        # diffusers records where each part was loaded from; a folder meant to be shared should not name that.
+        for config_path in temporary.rglob("*.json"):
+            config = json.loads(config_path.read_text())
+            if config.pop("_name_or_path", None) is not None:
+                config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return output
 
 

@@ -424,7 +424,8 @@ def _fit_audio(
     source_channels = waveform.shape[0]
     target_sample_rate = target_sample_rate or sample_rate
     changes = []
-    length = f"{source.duration:.2f} s " if source.duration is not None else ""
+    # Milliseconds: an AAC track is a few samples longer than what was encoded, and the crop should say so.
+    length = f"{source.duration:.3f} s " if source.duration is not None else ""
     description = f"{source.label} was {length}at {sample_rate} Hz, {_channels_name(source_channels)}"
 
     if source.duration is not None and offset >= source.duration:
@@ -472,7 +473,9 @@ def _fit_audio(
     else:
         available = min(num_samples, waveform.shape[1])
         if waveform.shape[1] > num_samples or (offset > 0 and available == num_samples):
-            changes.append(f"cropped to {num_samples / target_sample_rate:.2f} s from {offset:.2f} s")
+            changes.append(
+                f"cropped to {num_samples} samples ({num_samples / target_sample_rate:.3f} s) from {offset:.2f} s"
+            )
         waveform = waveform[:, :num_samples]
         if available < num_samples:
             if offset > 0:
@@ -548,8 +551,8 @@ def load_audio(
         offset: seconds from the start of the source where the output begins.
 
     Every change made (mixing, resampling, cropping, padding, clipping) is reported in one
-    warning, e.g. "audio file 'a.wav' was 3.00 s at 44100 Hz, stereo: mixed to mono, resampled
-    to 16000 Hz, cropped to 1.60 s from 0.00 s."
+    warning, e.g. "audio file 'a.wav' was 3.000 s at 44100 Hz, stereo: mixed to mono, resampled
+    to 16000 Hz, cropped to 25600 samples (1.600 s) from 0.00 s."
 
     Raises:
         FileNotFoundError: the file does not exist.

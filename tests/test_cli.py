@@ -86,6 +86,7 @@ def test_combine_joins_the_two_stages_into_one_folder(converted_coupled_a, conve
     assert all(saved[key].dtype == torch.float16 and torch.equal(saved[key], source[key].half()) for key in source)
     unet = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(tensor.dtype == torch.float16 for tensor in unet.values())
+    assert not any("_name_or_path" in path.read_text() for path in out.rglob("*.json"))  # no local paths
 
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     assert main(["combine", str(converted_coupled_a), str(converted_sr_a), "-o", str(out)]) == 2

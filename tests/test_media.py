@@ -56,11 +56,11 @@ def test_stereo_44k_wav_becomes_16k_mono_and_keeps_its_tone(tmp_path):
         warnings.simplefilter("always")
         audio = media.load_audio(path, target_sample_rate=16000, num_channels=1, num_samples=25600)
     message = single_warning(record)
-    assert "3.00 s at 44100 Hz, stereo" in message
+    assert "3.000 s at 44100 Hz, stereo" in message
     assert (
         "mixed to mono" in message
         and "resampled to 16000 Hz" in message
-        and "cropped to 1.60 s from 0.00 s" in message
+        and "cropped to 25600 samples (1.600 s) from 0.00 s" in message
     )
 
     assert audio.shape == (1, 25600) and audio.dtype == torch.float32
@@ -97,7 +97,7 @@ def test_offset_crops_from_that_time_and_mono_is_duplicated():
             offset=1.25,
         )
     message = single_warning(record)
-    assert "duplicated to stereo" in message and "cropped to 0.50 s from 1.25 s" in message
+    assert "duplicated to stereo" in message and "cropped to 8000 samples (0.500 s) from 1.25 s" in message
     assert torch.equal(audio, torch.from_numpy(ramp[20000:28000]).expand(2, -1))
 
 
