@@ -153,9 +153,10 @@ def resample_video(video: torch.Tensor, direction: Optional[str]) -> torch.Tenso
         # (token-major) or into the channel axis (channels-first).
         batch, channels, frames, height, width = video.shape
         if is_token_major(video):
-            planes = F.avg_pool2d(video.transpose(1, 2).reshape(batch * frames, channels, height, width), 2)
+            planes = F.avg_pool2d(video.transpose(1, 2).reshape(batch * frames, channels, height, width),
+                                  VIDEO_RESAMPLE[1:])
             return planes.view(batch, frames, channels, *planes.shape[-2:]).transpose(1, 2)
-        planes = F.avg_pool2d(video.reshape(batch, channels * frames, height, width), 2)
+        planes = F.avg_pool2d(video.reshape(batch, channels * frames, height, width), VIDEO_RESAMPLE[1:])
         return planes.view(batch, channels, frames, *planes.shape[-2:])
     if direction == "up":
         return F.interpolate(video, scale_factor=VIDEO_RESAMPLE, mode="nearest")

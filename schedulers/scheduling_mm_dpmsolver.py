@@ -35,6 +35,19 @@ class _Stage:
     starts_update: bool
 
 
+# What a model's output means: the names of diffusers' schedulers' `prediction_type` that this package's
+# samplers, conditioning and trainer support.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def noise_from_model_output(model_output, sample, alpha, sigma, prediction_type: str):
+    """The noise a model output stands for, given the sample ``alpha * x0 + sigma * noise`` it was computed on
+    (alpha^2 + sigma^2 = 1): the output itself for ε-prediction, ``alpha * v + sigma * sample`` for v."""
+    if prediction_type == "epsilon":
+        return model_output
+    return alpha * model_output + sigma * sample
+
+
 class MMDiffusionDPMSolverScheduler(SchedulerMixin, ConfigMixin):
     """Singlestep DPM-Solver for noise- (or v-) prediction models, matching MM-Diffusion's official sampler.
 
@@ -106,7 +119,7 @@ class MMDiffusionDPMSolverScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"skip_type must be 'logSNR', 'time_uniform' or 'time_quadratic', got {skip_type!r}.")
         if method not in ("singlestep", "singlestep_fixed"):
             raise ValueError(f"method must be 'singlestep' or 'singlestep_fixed', got {method!r}.")
-        if prediction_type not in ("epsilon", "v_prediction"):
+        if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}.")
 
         betas = self._betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
@@ -352,10 +365,11 @@ class MMDiffusionDPMSolverScheduler(SchedulerMixin, ConfigMixin):
         stage = self._stages[self._step_index]
         # Solver arithmetic in float32 at least, whatever precision the model runs in.
         dtype = torch.promote_types(sample.dtype, torch.float32)
-        noise = model_output.to(dtype)
-        if self.config.prediction_type == "v_prediction":
-            alpha, sigma = self.sample_alphas[self._step_index], self.sample_sigmas[self._step_index]
-            noise = alpha.to(sample.device) * noise + sigma.to(sample.device) * sample.to(dtype)
+        alpha, sigma = self.sample_alphas[self._step_index], self.sample_sigmas[self._step_index]
+        noise = noise_from_model_output(
+            model_output.to(dtype), sample.to(dtype), alpha.to(sample.device), sigma.to(sample.device),
+            self.config.prediction_type,
+        )
         if stage.starts_update:
             self._update_start_sample = sample.to(dtype)
             self._update_model_outputs = []

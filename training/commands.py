@@ -87,6 +87,8 @@ def _run(main, argv) -> int:
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser):
+    from ..schedulers.scheduling_mm_dpmsolver import PREDICTION_TYPES
+
     data = parser.add_argument_group("data")
     source = data.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="folder of videos (mp4, mkv, webm, avi, ...; searched recursively)")
@@ -106,7 +108,7 @@ def _add_training_arguments(parser: argparse.ArgumentParser):
     run.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     run.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     run.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
-    run.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
+    run.add_argument("--prediction-type", choices=PREDICTION_TYPES,
                      help="the model's target: epsilon (official; the default from scratch) or v_prediction, which "
                           "gives usable samples after far fewer steps (default with --init/--resume: theirs)")
     run.add_argument("--ema-decay", type=float, default=0.9999)

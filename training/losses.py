@@ -14,15 +14,14 @@ from typing import Dict, Tuple
 
 import torch
 
+from ..schedulers.scheduling_mm_dpmsolver import PREDICTION_TYPES, noise_from_model_output
+
 NUM_TRAIN_TIMESTEPS = 1000
 LINEAR_BETA_START = 1e-4
 LINEAR_BETA_END = 0.02
 
 # Half of one 8-bit level in [-1, 1]: the bin width of the discretised decoder likelihood at t = 0.
 _HALF_BIN = 1.0 / 255.0
-
-# What a model's output means; the names of diffusers' schedulers' `prediction_type`.
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def noise_schedule_config(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> dict:
@@ -126,10 +125,10 @@ class GaussianDiffusion:
 
     def noise_from_prediction(self, prediction: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor):
         """The noise a model output stands for (ε = sqrt(ᾱ_t) v + sqrt(1 - ᾱ_t) x_t for v-prediction)."""
-        if self.prediction_type == "epsilon":
-            return prediction
-        return (self._at(self.sqrt_alphas_cumprod, timesteps, x_t) * prediction
-                + self._at(self.sqrt_one_minus_alphas_cumprod, timesteps, x_t) * x_t)
+        return noise_from_model_output(
+            prediction, x_t, self._at(self.sqrt_alphas_cumprod, timesteps, x_t),
+            self._at(self.sqrt_one_minus_alphas_cumprod, timesteps, x_t), self.prediction_type,
+        )
 
     def variational_bound(self, noise_prediction, variance_values, x_start, x_t, timesteps) -> torch.Tensor:
         """Per-sample bound term (bits per dimension) that trains the variance only: KL between the true
@@ -178,9 +177,8 @@ def coupled_training_loss(
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """The official audio-video loss of one batch `{"video": [B, F, C, H, W], "audio": [B, C, T]}` in [-1, 1]:
     uniform timesteps, one noise per modality, per-sample video loss + audio loss (on `diffusion`'s target),
-    mean over the batch. With
-    `window_shift`, every sample gets its own random RS-MMA window shifts. Returns the loss and its terms
-    (batch means) for logging."""
+    mean over the batch. With `window_shift`, every sample gets its own random RS-MMA window shifts. Returns
+    the loss and its terms (batch means) for logging."""
     video, audio = batch["video"], batch["audio"]
     batch_size = video.shape[0]
     timesteps = diffusion.sample_timesteps(batch_size, device=video.device)

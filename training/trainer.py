@@ -1,8 +1,8 @@
 """Training the coupled audio-video U-Net and the super-resolution U-Net with the official recipe, on accelerate.
 
 The recipe (official `multimodal_train.py` / `image_sr_train.py`): the linear 1000-step β schedule, uniform
-timesteps, ε-prediction MSE (v-prediction on request) (summed over video and audio for the coupled model; plus the variational-bound
-term for learned variances), AdamW at 1e-4 without weight decay, an exponential moving average of the
+timesteps, ε-prediction MSE (or v-prediction on request; summed over video and audio for the coupled model;
+plus the variational-bound term for learned variances), AdamW at 1e-4 without weight decay, an exponential moving average of the
 weights, and random RS-MMA window shifts. The EMA is diffusers' `EMAModel`; its decay ramps up to
 `ema_decay` (by default with the `1 - (1 + step / inv_gamma) ** -power` warm-up), where the official code
 applies 0.9999 from the first step.
@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..file_utils import atomic_directory
 from ..models.coupled_unet import CoupledUNet
 from ..models.sr_unet import SuperResolutionUNet
-from .losses import PREDICTION_TYPES, GaussianDiffusion, coupled_training_loss, noise_schedule_config, sr_training_loss
+from ..schedulers.scheduling_mm_dpmsolver import PREDICTION_TYPES
+from .losses import GaussianDiffusion, coupled_training_loss, noise_schedule_config, sr_training_loss
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard")
@@ -213,8 +214,13 @@ def checkpoint_info(checkpoint: PathLike) -> dict:
         "model": model_class.from_config(config),
         "frame_rate": state.get("frame_rate"),
         "sample_rate": state.get("sample_rate"),
-        "prediction_type": state.get("options", {}).get("prediction_type", "epsilon"),
+        "prediction_type": _trained_prediction_type(state),
     }
+
+
+def _trained_prediction_type(state: dict) -> str:
+    # Checkpoints written before the option existed were trained on the noise.
+    return state.get("options", {}).get("prediction_type", "epsilon")
 
 
 def _prepare_output_dir(options: TrainingOptions, is_main: bool) -> Optional[Path]:
@@ -346,13 +352,14 @@ def train(
 
     global_step = 0
     if resume_from is not None:
-        trained_for = checkpoint_info(resume_from)["prediction_type"]
+        state = _training_state(resume_from)
+        trained_for = _trained_prediction_type(state)
         if trained_for != options.prediction_type:
             raise ValueError(
                 f"{resume_from} was trained with prediction_type {trained_for!r}, not {options.prediction_type!r}; "
                 "resume it with the same target"
             )
-        global_step = _training_state(resume_from)["step"]
+        global_step = state["step"]
         accelerator.load_state(str(resume_from))
         ema.to(accelerator.device)  # the EMA's state loads onto the CPU
         accelerator.print(f"resumed from {resume_from} at step {global_step}")

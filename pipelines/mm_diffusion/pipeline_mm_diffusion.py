@@ -14,6 +14,7 @@ from diffusers.video_processor import VideoProcessor
 from ... import media
 from ...models.coupled_unet import CoupledUNet
 from ...models.sr_unet import SuperResolutionUNet
+from ...schedulers.scheduling_mm_dpmsolver import noise_from_model_output
 from .pipeline_loading import OwnComponentsMixin
 from .pipeline_mm_diffusion_sr import MMDiffusionSRPipeline
 from .pipeline_output import MMDiffusionPipelineOutput
@@ -446,8 +447,7 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
         next_alpha, next_sigma = next_level
         scale, next_scale = torch.hypot(alpha, sigma), torch.hypot(next_alpha, next_sigma)
         alpha, sigma, next_alpha, next_sigma = alpha / scale, sigma / scale, next_alpha / next_scale, next_sigma / next_scale
-        if self.scheduler.config.get("prediction_type") == "v_prediction":
-            eps = alpha * eps + sigma * latents / scale
+        eps = noise_from_model_output(eps, latents / scale, alpha, sigma, self.scheduler.config.get("prediction_type"))
         predicted_x0 = (latents / scale - sigma * eps) / alpha
         predicted_next = next_alpha * predicted_x0 + next_sigma * eps
         target_next = next_alpha * condition + next_sigma * noise
