@@ -148,6 +148,28 @@ def test_init_refuses_architecture_flags(trained, tmp_path, capsys):
     assert "--model-channels cannot be combined with --init" in capsys.readouterr().err
 
 
+def test_no_window_shift_is_written_into_the_model_and_kept_by_init_and_resume(trained, tmp_path, capsys):
+    def shifts_windows(run):
+        return json.loads((run / "pipeline" / "unet" / "config.json").read_text())["cross_attention_shift"]
+
+    fresh = tmp_path / "fresh"
+    assert train_main([*TINY_FLAGS, "-o", str(fresh), "--max-steps", "1", "--no-window-shift"]) == 0
+    assert shifts_windows(fresh) is False
+    assert CoupledUNet.from_pretrained(fresh / "pipeline", subfolder="unet").shifted_cross_attention_windows == []
+    tuned = tmp_path / "tuned"
+    assert train_main(["--shapes", "2", "--batch-size", "2", "--no-progress", "--init", str(trained["result"].pipeline_dir),
+                       "-o", str(tuned), "--max-steps", "1", "--no-window-shift"]) == 0
+    assert shifts_windows(tuned) is False
+    assert train_main(["--shapes", "2", "--batch-size", "2", "--no-progress", "-o", str(tuned), "--resume",
+                       "--max-steps", "2"]) == 0
+    assert shifts_windows(tuned) is False
+    shifting = trained["options"].output_dir
+    code = train_main(["--shapes", "2", "--batch-size", "2", "--no-progress", "-o", str(shifting), "--resume",
+                       "--max-steps", "9", "--no-window-shift"])
+    assert code == 2
+    assert "--no-window-shift only applies to a new run" in capsys.readouterr().err
+
+
 def test_variational_bound_vanishes_for_the_true_posterior():
     diffusion = GaussianDiffusion()
     torch.manual_seed(0)

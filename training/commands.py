@@ -235,7 +235,9 @@ def train_parser() -> argparse.ArgumentParser:
     model.add_argument("--cross-attention-head-dim", type=int, help="-1: --num-heads heads")
     model.add_argument("--learn-sigma", action="store_true", default=None, help="also learn the variance (hybrid loss)")
     model.add_argument("--dropout", type=float, default=0.1, help="official training: 0.1")
-    model.add_argument("--no-window-shift", action="store_true", help="train without the random RS-MMA window shift")
+    model.add_argument("--no-window-shift", action="store_true",
+                       help="no RS-MMA window shift: every frame's cross-attention window starts at its own time, in "
+                            "training and in the written model's sampling (cross_attention_shift: false); official: shift")
     return parser
 
 
@@ -261,6 +263,7 @@ def _coupled_unet(args, architecture: dict):
         num_attention_heads=architecture["num_heads"],
         cross_attention_head_dim=architecture["cross_attention_head_dim"],
         learn_sigma=architecture["learn_sigma"],
+        cross_attention_shift=not args.no_window_shift,
         dropout=args.dropout,
     ), frame_rate, sample_rate
 
@@ -303,15 +306,18 @@ def train_command(argv: Sequence[str]):
     resumed = _resume_checkpoint(args, CoupledUNet, "super-resolution", "train-sr")
     if resumed is not None:
         unet, frame_rate, sample_rate = resumed["model"], resumed["frame_rate"], resumed["sample_rate"]
+        if args.no_window_shift and unet.config.cross_attention_shift:
+            raise CommandError(f"the run in {args.output} shifts its windows; --no-window-shift only applies to a new run")
     elif args.init is not None:
-        unet = _load_init(CoupledUNet, args.init, "unet", dropout=args.dropout)
+        # The shift is no weight: an --init model may drop it (it never gains it back here).
+        overrides = {"cross_attention_shift": False} if args.no_window_shift else {}
+        unet = _load_init(CoupledUNet, args.init, "unet", dropout=args.dropout, **overrides)
         init_frame_rate, init_sample_rate = _init_rates(args.init)
         frame_rate, sample_rate = args.frame_rate or init_frame_rate, args.sample_rate or init_sample_rate
     else:
         unet, frame_rate, sample_rate = _coupled_unet(args, architecture)
     dataset = _coupled_dataset(args, unet, frame_rate, sample_rate)
-    options = _training_options(args, window_shift=not args.no_window_shift,
-                                prediction_type=_prediction_type(args, resumed, "scheduler"))
+    options = _training_options(args, prediction_type=_prediction_type(args, resumed, "scheduler"))
     _report(train(unet, dataset, options, frame_rate=frame_rate, sample_rate=sample_rate))
 
 

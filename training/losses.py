@@ -173,11 +173,12 @@ class GaussianDiffusion:
 
 
 def coupled_training_loss(
-    unet, batch: Dict[str, torch.Tensor], diffusion: GaussianDiffusion, window_shift: bool = True
+    unet, batch: Dict[str, torch.Tensor], diffusion: GaussianDiffusion
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """The official audio-video loss of one batch `{"video": [B, F, C, H, W], "audio": [B, C, T]}` in [-1, 1]:
     uniform timesteps, one noise per modality, per-sample video loss + audio loss (on `diffusion`'s target),
-    mean over the batch. With `window_shift`, every sample gets its own random RS-MMA window shifts. Returns
+    mean over the batch. Every sample gets its own random RS-MMA window shifts (none for a model whose config
+    has `cross_attention_shift: false`). Returns
     the loss and its terms (batch means) for logging."""
     video, audio = batch["video"], batch["audio"]
     batch_size = video.shape[0]
@@ -186,7 +187,7 @@ def coupled_training_loss(
     video_t = diffusion.add_noise(video, video_noise, timesteps)
     audio_t = diffusion.add_noise(audio, audio_noise, timesteps)
     model = getattr(unet, "module", unet)  # DistributedDataParallel keeps the model's methods on .module
-    shifts = model.draw_window_shifts(batch_size, device=video.device) if window_shift else None
+    shifts = model.draw_window_shifts(batch_size, device=video.device)
     # Tuples, not output dataclasses: accelerate's mixed-precision wrapper rebuilds outputs field by field.
     video_output, audio_output = unet(video_t, audio_t, timesteps, window_shift=shifts, return_dict=False)
     video_terms = diffusion.prediction_loss(video_output, video, video_t, video_noise, timesteps, channel_dim=2)

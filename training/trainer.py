@@ -73,7 +73,6 @@ class TrainingOptions:
         seed: seed of the noise, timesteps, window shifts, dropout and data order.
         num_workers: DataLoader worker processes (decoding runs there).
         report_to: "none" or "tensorboard" (accelerate's tracker, logging to `output_dir/logs`).
-        window_shift: random RS-MMA window shifts (coupled model; official: on).
         prediction_type: the model's target, "epsilon" (official) or "v_prediction"; it goes into the written
             pipeline's scheduler config, and a resumed run keeps its checkpoint's.
         progress_bar: show a tqdm bar with the loss and steps per second.
@@ -98,7 +97,6 @@ class TrainingOptions:
     seed: int = 0
     num_workers: int = 0
     report_to: str = "none"
-    window_shift: bool = True
     prediction_type: str = "epsilon"
     progress_bar: bool = True
 
@@ -262,7 +260,7 @@ def _check_items(model, dataset: Dataset):
 def _loss_function(model, options: TrainingOptions) -> Callable:
     diffusion = GaussianDiffusion(prediction_type=options.prediction_type)
     if isinstance(model, CoupledUNet):
-        return lambda prepared, batch: coupled_training_loss(prepared, batch, diffusion, options.window_shift)
+        return lambda prepared, batch: coupled_training_loss(prepared, batch, diffusion)
     if isinstance(model, SuperResolutionUNet):
         return lambda prepared, batch: sr_training_loss(prepared, batch, diffusion)
     raise TypeError(f"model must be a CoupledUNet or a SuperResolutionUNet, got {type(model).__name__}")
