@@ -46,6 +46,9 @@ def _generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--offset", type=float, default=0.0, help="start (seconds) of the clip taken from --audio/--video")
     parser.add_argument("--condition-method", choices=["replacement", "guidance"], default="replacement")
     parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--guidance-loss", choices=["next_step", "clean"], default="next_step",
+                        help="next_step: the official one-step mismatch; clean: reconstruction guidance")
+    parser.add_argument("--guidance-coefficient", choices=["official", "paper"], default="official")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
     return parser
 
@@ -109,7 +112,8 @@ def generate(args: argparse.Namespace) -> List[Path]:
     elif args.video is not None:
         condition = dict(video=str(args.video), video_offset=args.offset)
     if condition:
-        condition.update(condition_method=args.condition_method, guidance_scale=args.guidance_scale)
+        condition.update(condition_method=args.condition_method, guidance_scale=args.guidance_scale,
+                         guidance_loss=args.guidance_loss, guidance_coefficient=args.guidance_coefficient)
 
     written = []
     for start in range(0, len(indices), args.batch_size):

@@ -34,7 +34,7 @@ def write_samples(output, folder: Path, names):
         media.export_to_video(frames, folder / f"{name}.mp4", output.frame_rate, audio, output.sample_rate, force=True)
 
 
-def run(pipeline, args, folder: Path, seeds, sr: bool, **condition):
+def run(pipeline, args, folder: Path, seeds, sr: bool, condition_method="replacement", **condition):
     """Generate one sample per seed in batches and write them to `folder`; returns seconds taken."""
     began = time.perf_counter()
     for start in range(0, len(seeds), args.batch_size):
@@ -45,7 +45,10 @@ def run(pipeline, args, folder: Path, seeds, sr: bool, **condition):
             num_inference_steps=args.steps,
             generator=[torch.Generator().manual_seed(seed) for seed in batch],
             super_resolution=sr,
-            condition_method=args.condition_method,
+            condition_method=condition_method,
+            guidance_scale=args.guidance_scale,
+            guidance_loss=args.guidance_loss,
+            guidance_coefficient=args.guidance_coefficient,
             **given,
         )
         write_samples(output, folder, [f"sample_{seed}" for seed in batch])
@@ -59,7 +62,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1_000_000)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--condition-method", choices=["replacement", "guidance"], default="replacement")
+    parser.add_argument("--condition-method", choices=["replacement", "guidance"], default="replacement",
+                        help="for audio->video (video->audio uses --v2a-condition-method)")
+    parser.add_argument("--v2a-condition-method", choices=["replacement", "guidance"], default="replacement")
+    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--guidance-loss", choices=["next_step", "clean"], default="next_step")
+    parser.add_argument("--guidance-coefficient", choices=["official", "paper"], default="official")
     parser.add_argument("--no-sr", action="store_true", help="measure at the base resolution")
     parser.add_argument("--out", type=Path, default=Path("alignment-eval"), help="folder for the clips written")
     parser.add_argument("--json", type=Path, help="also write the scores to this file")
@@ -76,14 +84,20 @@ def main(argv=None):
 
     seconds = {
         "joint": run(pipeline, args, args.out / "joint", seeds, sr),
-        "audio_to_video": run(pipeline, args, args.out / "audio_to_video", seeds, sr, audio=paths),
-        "video_to_audio": run(pipeline, args, args.out / "video_to_audio", seeds, False, video=paths),
+        "audio_to_video": run(pipeline, args, args.out / "audio_to_video", seeds, sr, args.condition_method, audio=paths),
+        "video_to_audio": run(pipeline, args, args.out / "video_to_audio", seeds, False, args.v2a_condition_method,
+                              video=paths),
     }
     scores = {"real": evaluate_alignment([args.out / "real"])}
     scores.update({kind: evaluate_alignment([args.out / kind]) for kind in seconds})
 
+    guidance = (f"guidance (scale {args.guidance_scale:g}, {args.guidance_loss} loss, {args.guidance_coefficient} "
+                "coefficient)")
+    methods = {name: guidance if method == "guidance" else method
+               for name, method in (("audio->video", args.condition_method), ("video->audio", args.v2a_condition_method))}
     print(f"model {args.model}, {args.num} clips each, seeds from {args.seed}, {args.steps} steps, "
-          f"{args.condition_method}, super-resolution {'on' if sr else 'off'} (not applied to video->audio)")
+          + ", ".join(f"{name} by {method}" for name, method in methods.items())
+          + f", super-resolution {'on' if sr else 'off'} (not applied to video->audio)")
     print(f"{'':16}" + "".join(f"{name:>24}" for name in COLUMNS) + f"{'seconds':>10}")
     for kind, values in scores.items():
         timing = f"{seconds[kind]:10.0f}" if kind in seconds else f"{'':>10}"

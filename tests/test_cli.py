@@ -47,7 +47,8 @@ def test_generate_video_for_an_audio_file_keeps_that_audio(converted_coupled_a, 
     wav = export_to_wav(tone, tmp_path / "tone.wav", 16000)
     out = tmp_path / "a2v"
     assert main(["generate", "--model", str(converted_coupled_a), "--audio", wav, "-o", str(out), "--steps", "2",
-                 "--device", "cpu", "--condition-method", "guidance"]) == 0
+                 "--device", "cpu", "--condition-method", "guidance", "--guidance-loss", "clean",
+                 "--guidance-scale", "300"]) == 0
     with av.open(str(out / "sample_000.wav")) as container:
         decoded = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
     assert np.abs(decoded[:2048] / 32767 - tone[0]).max() < 1e-3

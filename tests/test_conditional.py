@@ -6,6 +6,7 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
 from mmdiffusion import MMDiffusionDPMSolverScheduler, MMDiffusionPipeline, export_to_video
+from mmdiffusion.pipelines.mm_diffusion.pipeline_mm_diffusion import noise_levels
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,31 @@ def test_guidance_coefficients_differ(pipe):
     official = pipe(generator=torch.Generator().manual_seed(3), **kwargs)
     paper = pipe(generator=torch.Generator().manual_seed(3), guidance_coefficient="paper", **kwargs)
     assert not torch.allclose(official.frames, paper.frames)
+
+
+def test_clean_guidance_is_the_next_step_mismatch_without_its_per_step_factor(pipe):
+    # With the fixed condition noise, the one-step mismatch is the clean-estimate mismatch times
+    # (alpha_s - sigma_s alpha_t / sigma_t), whatever the model predicts: the gradients differ by its square.
+    generator = torch.Generator().manual_seed(0)
+    condition = torch.randn(1, *pipe.audio_shape, generator=generator)
+    noise = torch.randn(condition.shape, generator=generator)
+    levels = noise_levels(pipe.scheduler, 4, "cpu")
+    (alpha, sigma), (next_alpha, next_sigma) = levels[1], levels[2]
+    audio_latents = alpha * condition + sigma * noise
+    start = torch.randn(1, *pipe.video_shape, generator=generator)
+
+    def gradient(guidance_loss):
+        video_latents = start.clone().requires_grad_(True)
+        prediction = pipe.unet(video_latents, audio_latents, 600, window_shift=0)
+        return pipe.guidance_gradient(prediction, "audio", condition, noise, video_latents, audio_latents,
+                                      levels[1], levels[2], video_latents, guidance_loss)
+
+    clean, next_step = gradient("clean"), gradient("next_step")
+    factor = next_alpha - next_sigma * alpha / sigma
+    assert clean.abs().max() > 0
+    assert torch.allclose(next_step, factor**2 * clean, rtol=1e-3, atol=1e-6 * clean.abs().max().item())
+    with pytest.raises(ValueError, match="guidance_loss"):
+        pipe(audio=_tone(0.1, 16000), sample_rate=16000, guidance_loss="x0")
 
 
 def test_media_inputs_are_fitted_with_a_warning(pipe, tmp_path):

@@ -22,6 +22,7 @@ from .pipeline_output import MMDiffusionPipelineOutput
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 CONDITION_METHODS = ("replacement", "guidance")
 GUIDANCE_COEFFICIENTS = ("official", "paper")
+GUIDANCE_LOSSES = ("next_step", "clean")
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -190,6 +191,7 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
         condition_method: str = "replacement",
         guidance_scale: float = 3.0,
         guidance_coefficient: str = "official",
+        guidance_loss: str = "next_step",
         condition_noise: str = "fixed",
         output_type: str = "np",
         return_dict: bool = True,
@@ -235,6 +237,14 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
             guidance_coefficient (`str`, defaults to `"official"`): The noise-level factor of the guidance step:
                 `"official"` scales by sqrt(alpha_bar_t) as the official implementation does; `"paper"` by
                 sqrt(1 - alpha_bar_t) as the paper's formula writes it.
+            guidance_loss (`str`, defaults to `"next_step"`): The mismatch that `"guidance"` descends: `"next_step"`
+                compares the model's one-step prediction of the given modality with the given modality diffused to
+                the next noise level (the official code); `"clean"` compares the model's clean-sample estimate of
+                the given modality with the given modality itself (reconstruction guidance, Ho et al., 2022). With
+                the fixed condition noise the two differ by a per-step factor, `(alpha_s - sigma_s alpha_t /
+                sigma_t)^2`, which all but vanishes at the noisiest steps, where the generated modality takes its
+                shape: `"clean"` steers there too, at scales of hundreds to thousands (the mismatch is a mean over
+                the given modality's values).
             condition_noise (`str`, defaults to `"fixed"`): `"fixed"` diffuses the given modality with one noise drawn
                 once (the official behaviour); `"fresh"` draws a new noise at every step.
             output_type (`str`, defaults to `"np"`): `"np"`, `"pt"`, `"pil"` or `"latent"` (see
@@ -249,7 +259,9 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
         """
         if window_shift is None:
             window_shift = False
-        self.check_conditioning(audio, video, condition_method, guidance_scale, guidance_coefficient, condition_noise)
+        self.check_conditioning(
+            audio, video, condition_method, guidance_scale, guidance_coefficient, guidance_loss, condition_noise
+        )
         audio_condition = self.prepare_audio_condition(audio, sample_rate, audio_offset)
         video_condition = self.prepare_video_condition(video, frame_rate, video_offset)
         condition = audio_condition if audio_condition is not None else video_condition
@@ -322,7 +334,7 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
                     if guided:
                         gradient = self.guidance_gradient(
                             prediction, conditioned, condition, condition_noise_tensor, video_latents, audio_latents,
-                            levels[i], levels[i + 1], target,
+                            levels[i], levels[i + 1], target, guidance_loss,
                         )
                         video_latents, audio_latents = video_latents.detach(), audio_latents.detach()
                         prediction = type(prediction)(video=prediction.video.detach(), audio=prediction.audio.detach())
@@ -373,7 +385,9 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
             frames=frames, audio=audio, frame_rate=self.config.frame_rate, sample_rate=self.config.sample_rate
         )
 
-    def check_conditioning(self, audio, video, condition_method, guidance_scale, guidance_coefficient, condition_noise):
+    def check_conditioning(
+        self, audio, video, condition_method, guidance_scale, guidance_coefficient, guidance_loss, condition_noise
+    ):
         if audio is not None and video is not None:
             raise ValueError("give audio= (audio-to-video) or video= (video-to-audio), not both")
         if condition_method not in CONDITION_METHODS:
@@ -382,6 +396,8 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
             raise ValueError(
                 f"guidance_coefficient must be one of {', '.join(GUIDANCE_COEFFICIENTS)}, got {guidance_coefficient!r}"
             )
+        if guidance_loss not in GUIDANCE_LOSSES:
+            raise ValueError(f"guidance_loss must be one of {', '.join(GUIDANCE_LOSSES)}, got {guidance_loss!r}")
         if condition_noise not in ("fixed", "fresh"):
             raise ValueError(f"condition_noise must be 'fixed' or 'fresh', got {condition_noise!r}")
         if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
@@ -426,10 +442,12 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
         return torch.stack(processed) * 2 - 1
 
     def guidance_gradient(
-        self, prediction, conditioned, condition, noise, video_latents, audio_latents, level, next_level, target
+        self, prediction, conditioned, condition, noise, video_latents, audio_latents, level, next_level, target,
+        guidance_loss="next_step",
     ) -> torch.Tensor:
         """Gradient, with respect to the generated modality's latents, of the squared mismatch between the model's
-        one-step prediction of the given modality and the given modality diffused to the next noise level.
+        one-step prediction of the given modality and the given modality diffused to the next noise level
+        (`guidance_loss="next_step"`), or between its clean-sample estimate and the given modality (`"clean"`).
 
         Everything is measured in variance-preserving units (latents divided by sqrt(alpha^2 + sigma^2)), so that
         the same guidance scale means the same thing for DDPM-style and sigma-space (Euler) schedulers. The step is
@@ -449,9 +467,11 @@ class MMDiffusionPipeline(OwnComponentsMixin, DiffusionPipeline):
         alpha, sigma, next_alpha, next_sigma = alpha / scale, sigma / scale, next_alpha / next_scale, next_sigma / next_scale
         eps = noise_from_model_output(eps, latents / scale, alpha, sigma, self.scheduler.config.get("prediction_type"))
         predicted_x0 = (latents / scale - sigma * eps) / alpha
-        predicted_next = next_alpha * predicted_x0 + next_sigma * eps
-        target_next = next_alpha * condition + next_sigma * noise
-        loss = (predicted_next.float() - target_next.float()).square().flatten(1).mean(1).sum()
+        if guidance_loss == "clean":
+            predicted, given = predicted_x0, condition
+        else:
+            predicted, given = next_alpha * predicted_x0 + next_sigma * eps, next_alpha * condition + next_sigma * noise
+        loss = (predicted.float() - given.float()).square().flatten(1).mean(1).sum()
         return torch.autograd.grad(loss, target)[0].detach()
 
     @staticmethod
