@@ -3,7 +3,9 @@ generation, audio->video and video->audio, each beside the shuffled-pair baselin
 `mmdiffusion evaluate-alignment` read back from the mp4 files written.
 
     python benchmarks/alignment.py                            # the default model, 32 clips of each kind
-    python benchmarks/alignment.py --model DIR --num 8 --out /tmp/alignment --no-sr
+    python benchmarks/alignment.py --model DIR --num 8 --out /tmp/alignment --no-sr --kinds joint,video_to_audio
+    python benchmarks/alignment.py --kinds audio_to_video --condition-method guidance --guidance-loss clean \
+        --guidance-coefficient paper --guidance-scale 1000 --steps 50
 
 The conditioning clips are sounding shapes rendered at the model's size and rates from `--seed` on
 (the default, 1,000,000, lies far beyond the seeds the default model was trained on). Joint samples
@@ -25,6 +27,7 @@ from mmdiffusion import MMDiffusionPipeline, media
 from mmdiffusion.cli import PRETRAINED
 from mmdiffusion.training.commands import evaluate_alignment, make_shapes
 
+KINDS = ("joint", "audio_to_video", "video_to_audio")
 COLUMNS = ("correlation", "shuffled_correlation", "mean_abs_diff", "square_found_fraction", "tonal_energy_share")
 
 
@@ -34,7 +37,7 @@ def write_samples(output, folder: Path, names):
         media.export_to_video(frames, folder / f"{name}.mp4", output.frame_rate, audio, output.sample_rate, force=True)
 
 
-def run(pipeline, args, folder: Path, seeds, sr: bool, condition_method="replacement", **condition):
+def run(pipeline, args, folder: Path, seeds, sr: bool, **condition):
     """Generate one sample per seed in batches and write them to `folder`; returns seconds taken."""
     began = time.perf_counter()
     for start in range(0, len(seeds), args.batch_size):
@@ -45,7 +48,7 @@ def run(pipeline, args, folder: Path, seeds, sr: bool, condition_method="replace
             num_inference_steps=args.steps,
             generator=[torch.Generator().manual_seed(seed) for seed in batch],
             super_resolution=sr,
-            condition_method=condition_method,
+            condition_method=args.condition_method,
             guidance_scale=args.guidance_scale,
             guidance_loss=args.guidance_loss,
             guidance_coefficient=args.guidance_coefficient,
@@ -62,9 +65,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1_000_000)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--condition-method", choices=["replacement", "guidance"], default="replacement",
-                        help="for audio->video (video->audio uses --v2a-condition-method)")
-    parser.add_argument("--v2a-condition-method", choices=["replacement", "guidance"], default="replacement")
+    parser.add_argument("--kinds", type=lambda text: text.split(","), default=list(KINDS),
+                        help=f"comma-separated, from {','.join(KINDS)} (default: all)")
+    parser.add_argument("--condition-method", choices=["replacement", "guidance"], default="replacement")
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--guidance-loss", choices=["next_step", "clean"], default="next_step")
     parser.add_argument("--guidance-coefficient", choices=["official", "paper"], default="official")
@@ -72,6 +75,9 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=Path("alignment-eval"), help="folder for the clips written")
     parser.add_argument("--json", type=Path, help="also write the scores to this file")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.kinds) - set(KINDS))
+    if unknown:
+        parser.error(f"unknown --kinds {','.join(unknown)}; choose from {','.join(KINDS)}")
 
     pipeline = MMDiffusionPipeline.from_pretrained(args.model)
     pipeline.set_progress_bar_config(disable=True)
@@ -82,22 +88,19 @@ def main(argv=None):
     seeds = list(range(args.seed, args.seed + args.num))
     paths = [str(path) for path in real]
 
+    conditions = {"joint": {}, "audio_to_video": {"audio": paths}, "video_to_audio": {"video": paths}}
     seconds = {
-        "joint": run(pipeline, args, args.out / "joint", seeds, sr),
-        "audio_to_video": run(pipeline, args, args.out / "audio_to_video", seeds, sr, args.condition_method, audio=paths),
-        "video_to_audio": run(pipeline, args, args.out / "video_to_audio", seeds, False, args.v2a_condition_method,
-                              video=paths),
+        kind: run(pipeline, args, args.out / kind, seeds, sr and kind != "video_to_audio", **conditions[kind])
+        for kind in KINDS if kind in args.kinds
     }
     scores = {"real": evaluate_alignment([args.out / "real"])}
     scores.update({kind: evaluate_alignment([args.out / kind]) for kind in seconds})
 
-    guidance = (f"guidance (scale {args.guidance_scale:g}, {args.guidance_loss} loss, {args.guidance_coefficient} "
-                "coefficient)")
-    methods = {name: guidance if method == "guidance" else method
-               for name, method in (("audio->video", args.condition_method), ("video->audio", args.v2a_condition_method))}
-    print(f"model {args.model}, {args.num} clips each, seeds from {args.seed}, {args.steps} steps, "
-          + ", ".join(f"{name} by {method}" for name, method in methods.items())
-          + f", super-resolution {'on' if sr else 'off'} (not applied to video->audio)")
+    method = args.condition_method
+    if method == "guidance":
+        method += f" (scale {args.guidance_scale:g}, {args.guidance_loss} loss, {args.guidance_coefficient} coefficient)"
+    print(f"model {args.model}, {args.num} clips each, seeds from {args.seed}, {args.steps} steps, conditioning by "
+          f"{method}, super-resolution {'on' if sr else 'off'} (not applied to video->audio)")
     print(f"{'':16}" + "".join(f"{name:>24}" for name in COLUMNS) + f"{'seconds':>10}")
     for kind, values in scores.items():
         timing = f"{seconds[kind]:10.0f}" if kind in seconds else f"{'':>10}"
