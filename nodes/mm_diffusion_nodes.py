@@ -35,7 +35,6 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 MAX_MODEL_DEPTH = 3
 # Frames the super-resolution stage denoises together (its pipeline's default); fixes the progress total.
 SR_FRAMES_PER_BATCH = 16
-CONDITION_METHODS = ("replacement", "guidance")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -281,6 +280,8 @@ def _super_resolution_inputs():
 
 
 def _condition_inputs():
+    from ..pipelines.mm_diffusion.pipeline_mm_diffusion import CONDITION_METHODS
+
     return {
         "method": (
             list(CONDITION_METHODS),
@@ -296,9 +297,32 @@ def _condition_inputs():
             {
                 "default": 3.0,
                 "min": 0.0,
-                "max": 100.0,
+                "max": 100000.0,
                 "step": 0.1,
-                "tooltip": "Strength of guidance (unused by replacement).",
+                "tooltip": "Strength of guidance (unused by replacement): about 3 for the next_step loss (official), "
+                "hundreds to thousands for the clean loss.",
+            },
+        ),
+    }
+
+
+def _guidance_options():
+    from ..pipelines.mm_diffusion.pipeline_mm_diffusion import GUIDANCE_COEFFICIENTS, GUIDANCE_LOSSES
+
+    return {
+        "guidance_loss": (
+            list(GUIDANCE_LOSSES),
+            {
+                "default": "next_step",
+                "tooltip": "next_step: the official mismatch of the one-step prediction. clean: the mismatch of the "
+                "clean estimate (reconstruction guidance), which steers from the noisiest steps on.",
+            },
+        ),
+        "guidance_coefficient": (
+            list(GUIDANCE_COEFFICIENTS),
+            {
+                "default": "official",
+                "tooltip": "The guidance step's noise-level factor: official sqrt(alpha_bar), paper sqrt(1 - alpha_bar).",
             },
         ),
     }
@@ -446,10 +470,14 @@ class MMDiffusionAudioToVideo:
                 "steps": _steps_input(20, "the video + audio model"),
                 "scheduler": _scheduler_input(),
                 **_super_resolution_inputs(),
-            }
+            },
+            "optional": _guidance_options(),
         }
 
-    def generate(self, pipeline, audio, method, guidance_scale, seed, steps, scheduler, super_resolution, sr_steps):
+    def generate(
+        self, pipeline, audio, method, guidance_scale, seed, steps, scheduler, super_resolution, sr_steps,
+        guidance_loss="next_step", guidance_coefficient="official",
+    ):
         handle = _checked_handle(pipeline, "joint")
         clips, sample_rate = audio_clips(audio)
         frames, processed_audio, fps, model_rate = _generate(
@@ -464,6 +492,8 @@ class MMDiffusionAudioToVideo:
             sample_rate=sample_rate,
             condition_method=method,
             guidance_scale=guidance_scale,
+            guidance_loss=guidance_loss,
+            guidance_coefficient=guidance_coefficient,
         )
         return (frames_to_image(frames), audio_to_comfy(processed_audio, model_rate), float(fps))
 
@@ -501,10 +531,14 @@ class MMDiffusionVideoToAudio:
                 "seed": _seed_input(),
                 "steps": _steps_input(20, "the video + audio model"),
                 "scheduler": _scheduler_input(),
-            }
+            },
+            "optional": _guidance_options(),
         }
 
-    def generate(self, pipeline, images, fps, method, guidance_scale, seed, steps, scheduler):
+    def generate(
+        self, pipeline, images, fps, method, guidance_scale, seed, steps, scheduler, guidance_loss="next_step",
+        guidance_coefficient="official",
+    ):
         handle = _checked_handle(pipeline, "joint")
         frames, audio, model_fps, sample_rate = _generate(
             handle,
@@ -516,6 +550,8 @@ class MMDiffusionVideoToAudio:
             frame_rate=_check_fps(fps),
             condition_method=method,
             guidance_scale=guidance_scale,
+            guidance_loss=guidance_loss,
+            guidance_coefficient=guidance_coefficient,
         )
         return (audio_to_comfy(audio, sample_rate), frames_to_image(frames), float(model_fps))
 

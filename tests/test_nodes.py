@@ -289,7 +289,8 @@ def test_video_to_audio_with_guidance_under_comfyui_inference_mode(search_paths)
         images = torch.rand(12, 15, 21, 3)  # odd sizes, 30 fps, more frames than the model takes
         with pytest.warns(UserWarning, match="resized"):
             audio, frames, fps = nodes.MMDiffusionVideoToAudio().generate(
-                handle, images, fps=30.0, method="guidance", guidance_scale=3.0, seed=0, steps=2, scheduler="ddim"
+                handle, images, fps=30.0, method="guidance", guidance_scale=300.0, seed=0, steps=2, scheduler="ddim",
+                guidance_loss="clean", guidance_coefficient="paper",
             )
     assert_audio(audio, 1, 2048, 16000)
     assert_image(frames, 8, 16)  # the frames as the model saw them: 10 fps, 16x16, padded to 8 frames
