@@ -8,7 +8,7 @@ import torch
 
 from mmdiffusion import MMDiffusionPipeline
 from mmdiffusion.cli import PRETRAINED, main
-from mmdiffusion.training.commands import evaluate_alignment
+from mmdiffusion.training.commands import evaluate_alignment, make_shapes
 
 MAX_BYTES = 50 * 2**20
 
@@ -46,10 +46,10 @@ def test_generate_without_model_uses_the_default(pipe, tmp_path):
     assert len(decoded) == frames and decoded[0].shape == (size, size, 3)
 
 
-def test_default_model_draws_a_square_with_its_tone(pipe, tmp_path):
-    """A few samples of the trained model read back as sounding shapes: the square is found and the sound is
-    a tone (the alignment figures themselves are in the model card, measured with benchmarks/alignment.py)."""
-    output = pipe(batch_size=2, num_inference_steps=20, generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+def test_default_model_draws_a_square_whose_tone_follows_its_height(pipe, tmp_path):
+    """A few joint samples of the trained model read back as aligned sounding shapes: the square is found, the
+    sound is a tone, and its pitch follows the square's height (32-sample figures: the model card)."""
+    output = pipe(batch_size=4, num_inference_steps=20, generator=[torch.Generator().manual_seed(s) for s in range(4)],
                   super_resolution=False)
     from mmdiffusion import export_to_video
 
@@ -57,3 +57,19 @@ def test_default_model_draws_a_square_with_its_tone(pipe, tmp_path):
     scores = evaluate_alignment([tmp_path])
     assert scores["square_found_fraction"] >= 0.9
     assert scores["tonal_energy_share"] >= 0.5
+    assert scores["correlation"] >= 0.5
+
+
+def test_default_model_sings_each_given_video_at_its_own_heights(pipe, tmp_path):
+    """Video -> audio on clips never trained on: each generated tone follows its own video, not the others."""
+    frames, _, height, width = pipe.video_shape
+    clips = make_shapes(4, tmp_path / "real", seed=1_000_000, height=height, width=width, num_frames=frames,
+                        frame_rate=pipe.config.frame_rate, sample_rate=pipe.config.sample_rate)
+    output = pipe(video=[str(clip) for clip in clips], num_inference_steps=20,
+                  generator=[torch.Generator().manual_seed(s) for s in range(4)])
+    from mmdiffusion import export_to_video
+
+    export_to_video(output, tmp_path / "v2a" / "sample.mp4")
+    scores = evaluate_alignment([tmp_path / "v2a"])
+    assert scores["correlation"] >= 0.6
+    assert scores["shuffled_correlation"] <= 0.3
