@@ -44,13 +44,26 @@ def _generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--audio", type=Path, help="audio-to-video: generate the video for this sound file")
     parser.add_argument("--video", type=Path, help="video-to-audio: generate the sound for this video file")
     parser.add_argument("--offset", type=float, default=0.0, help="start (seconds) of the clip taken from --audio/--video")
-    parser.add_argument("--condition-method", choices=["replacement", "guidance"], default="replacement")
-    parser.add_argument("--guidance-scale", type=float, default=3.0)
-    parser.add_argument("--guidance-loss", choices=["next_step", "clean"], default="next_step",
-                        help="next_step: the official one-step mismatch; clean: reconstruction guidance")
-    parser.add_argument("--guidance-coefficient", choices=["official", "paper"], default="official")
+    add_conditioning_arguments(parser)
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
     return parser
+
+
+def add_conditioning_arguments(parser: argparse.ArgumentParser):
+    """How a given modality steers the generated one (`generate --audio/--video`, benchmarks/alignment.py)."""
+    from .pipelines.mm_diffusion.pipeline_mm_diffusion import CONDITION_METHODS, GUIDANCE_COEFFICIENTS, GUIDANCE_LOSSES
+
+    parser.add_argument("--condition-method", choices=CONDITION_METHODS, default="replacement")
+    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--guidance-loss", choices=GUIDANCE_LOSSES, default="next_step",
+                        help="next_step: the official one-step mismatch; clean: reconstruction guidance")
+    parser.add_argument("--guidance-coefficient", choices=GUIDANCE_COEFFICIENTS, default="official")
+
+
+def conditioning_options(args: argparse.Namespace) -> dict:
+    """The pipeline arguments of `add_conditioning_arguments`' options."""
+    return dict(condition_method=args.condition_method, guidance_scale=args.guidance_scale,
+                guidance_loss=args.guidance_loss, guidance_coefficient=args.guidance_coefficient)
 
 
 def _output_paths(output: Path, num_samples: int) -> List[Dict[str, Path]]:
@@ -112,8 +125,7 @@ def generate(args: argparse.Namespace) -> List[Path]:
     elif args.video is not None:
         condition = dict(video=str(args.video), video_offset=args.offset)
     if condition:
-        condition.update(condition_method=args.condition_method, guidance_scale=args.guidance_scale,
-                         guidance_loss=args.guidance_loss, guidance_coefficient=args.guidance_coefficient)
+        condition.update(conditioning_options(args))
 
     written = []
     for start in range(0, len(indices), args.batch_size):

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from mmdiffusion import MMDiffusionPipeline, media
-from mmdiffusion.cli import PRETRAINED
+from mmdiffusion.cli import PRETRAINED, add_conditioning_arguments, conditioning_options
 from mmdiffusion.training.commands import evaluate_alignment, make_shapes
 
 KINDS = ("joint", "audio_to_video", "video_to_audio")
@@ -48,10 +48,7 @@ def run(pipeline, args, folder: Path, seeds, sr: bool, **condition):
             num_inference_steps=args.steps,
             generator=[torch.Generator().manual_seed(seed) for seed in batch],
             super_resolution=sr,
-            condition_method=args.condition_method,
-            guidance_scale=args.guidance_scale,
-            guidance_loss=args.guidance_loss,
-            guidance_coefficient=args.guidance_coefficient,
+            **conditioning_options(args),
             **given,
         )
         write_samples(output, folder, [f"sample_{seed}" for seed in batch])
@@ -67,10 +64,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--kinds", type=lambda text: text.split(","), default=list(KINDS),
                         help=f"comma-separated, from {','.join(KINDS)} (default: all)")
-    parser.add_argument("--condition-method", choices=["replacement", "guidance"], default="replacement")
-    parser.add_argument("--guidance-scale", type=float, default=3.0)
-    parser.add_argument("--guidance-loss", choices=["next_step", "clean"], default="next_step")
-    parser.add_argument("--guidance-coefficient", choices=["official", "paper"], default="official")
+    add_conditioning_arguments(parser)
     parser.add_argument("--no-sr", action="store_true", help="measure at the base resolution")
     parser.add_argument("--out", type=Path, default=Path("alignment-eval"), help="folder for the clips written")
     parser.add_argument("--json", type=Path, help="also write the scores to this file")

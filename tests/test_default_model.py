@@ -6,11 +6,17 @@ import av
 import pytest
 import torch
 
-from mmdiffusion import MMDiffusionPipeline
+from mmdiffusion import MMDiffusionPipeline, export_to_video
 from mmdiffusion.cli import PRETRAINED, main
 from mmdiffusion.training.commands import evaluate_alignment, make_shapes
 
 MAX_BYTES = 50 * 2**20
+
+
+def _scores(output, folder):
+    """The alignment measure of a pipeline output, read back from the mp4 files written for it."""
+    export_to_video(output, folder / "sample.mp4")
+    return evaluate_alignment([folder])
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +57,7 @@ def test_default_model_draws_a_square_whose_tone_follows_its_height(pipe, tmp_pa
     sound is a tone, and its pitch follows the square's height (32-sample figures: the model card)."""
     output = pipe(batch_size=4, num_inference_steps=20, generator=[torch.Generator().manual_seed(s) for s in range(4)],
                   super_resolution=False)
-    from mmdiffusion import export_to_video
-
-    export_to_video(output, tmp_path / "sample.mp4")
-    scores = evaluate_alignment([tmp_path])
+    scores = _scores(output, tmp_path)
     assert scores["square_found_fraction"] >= 0.9
     assert scores["tonal_energy_share"] >= 0.5
     assert scores["correlation"] >= 0.5
@@ -67,9 +70,6 @@ def test_default_model_sings_each_given_video_at_its_own_heights(pipe, tmp_path)
                         frame_rate=pipe.config.frame_rate, sample_rate=pipe.config.sample_rate)
     output = pipe(video=[str(clip) for clip in clips], num_inference_steps=20,
                   generator=[torch.Generator().manual_seed(s) for s in range(4)])
-    from mmdiffusion import export_to_video
-
-    export_to_video(output, tmp_path / "v2a" / "sample.mp4")
-    scores = evaluate_alignment([tmp_path / "v2a"])
+    scores = _scores(output, tmp_path / "v2a")
     assert scores["correlation"] >= 0.6
     assert scores["shuffled_correlation"] <= 0.3

@@ -178,8 +178,7 @@ def coupled_training_loss(
     """The official audio-video loss of one batch `{"video": [B, F, C, H, W], "audio": [B, C, T]}` in [-1, 1]:
     uniform timesteps, one noise per modality, per-sample video loss + audio loss (on `diffusion`'s target),
     mean over the batch. Every sample gets its own random RS-MMA window shifts (none for a model whose config
-    has `cross_attention_shift: false`). Returns
-    the loss and its terms (batch means) for logging."""
+    has `cross_attention_shift: false`). Returns the loss and its terms (batch means) for logging."""
     video, audio = batch["video"], batch["audio"]
     batch_size = video.shape[0]
     timesteps = diffusion.sample_timesteps(batch_size, device=video.device)
